@@ -1,0 +1,37 @@
+"""sparsesearch: plugin-based AutoML sparsity search for PyTorch.
+
+The public API is ``__all__``; every other name is private and may change.
+"""
+
+from __future__ import annotations
+
+from sparsesearch.budget import ParamCount, count_params
+from sparsesearch.errors import BudgetError, PluginError, SparsesearchError, StrategyError
+from sparsesearch.hookspecs import hookimpl
+from sparsesearch.layers import find_layers
+from sparsesearch.masks import load_masked_state_dict, make_permanent
+from sparsesearch.plugins import StrategyInfo, get_strategy, list_strategies
+from sparsesearch.prune import prune
+from sparsesearch.strategy import Layer, ScoreContext, Strategy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BudgetError",
+    "Layer",
+    "ParamCount",
+    "PluginError",
+    "ScoreContext",
+    "SparsesearchError",
+    "Strategy",
+    "StrategyError",
+    "StrategyInfo",
+    "count_params",
+    "find_layers",
+    "get_strategy",
+    "hookimpl",
+    "list_strategies",
+    "load_masked_state_dict",
+    "make_permanent",
+    "prune",
+]

@@ -1,0 +1,328 @@
+"""Counting parameters and allocating per-layer sparsity under a parameter budget.
+
+Budgets are measured with :func:`count_params`: every parameter of the model, prunable or
+not. Allocations are computed in whole units (weights, or output channels for channel
+strategies), so the budget is met exactly by construction, before any training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from sparsesearch.errors import BudgetError, SparsesearchError
+from sparsesearch.strategy import Layer
+
+__all__ = [
+    "HEURISTICS",
+    "LayerBudget",
+    "ParamCount",
+    "BudgetPlan",
+    "count_params",
+    "plan_budget",
+]
+
+HEURISTICS = ("uniform", "global", "lamp", "erk")
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamCount:
+    """Total and remaining (non-zero after masks) parameters, overall and per module."""
+
+    total: int
+    remaining: int
+    layers: dict[str, tuple[int, int]]
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.remaining / self.total if self.total else 0.0
+
+    @property
+    def compression(self) -> float:
+        return self.total / max(self.remaining, 1)
+
+
+def _effective_tensors(model: nn.Module):
+    """Yield ``(module name, tensor name, underlying param, effective tensor)`` once each."""
+    seen: set[int] = set()
+    for mname, module in model.named_modules():
+        if isinstance(module, parametrize.ParametrizationList) or ".parametrizations." in (
+            "." + mname + "."
+        ):
+            continue
+        if parametrize.is_parametrized(module):
+            for pname, plist in module.parametrizations.items():
+                original = plist.original
+                if id(original) in seen:
+                    continue
+                seen.add(id(original))
+                with torch.no_grad():
+                    yield mname, pname, original, getattr(module, pname)
+        for pname, param in module.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            effective = param
+            # torch.nn.utils.prune keeps `<name>_orig` plus a `<name>_mask` buffer
+            if pname.endswith("_orig") and hasattr(module, pname[:-5] + "_mask"):
+                effective = getattr(module, pname[:-5])
+            yield mname, pname, param, effective
+
+
+def count_params(model: nn.Module) -> ParamCount:
+    """Count all parameters of ``model``: ``total`` and ``remaining`` (non-zero after masks).
+
+    Shared (tied) parameters are counted once. Per-module counts are in ``layers``
+    (``{module name: (total, remaining)}``, modules with parameters of their own only).
+    Works on masks of sparsesearch and of ``torch.nn.utils.prune`` alike.
+    """
+    total = remaining = 0
+    layers: dict[str, tuple[int, int]] = {}
+    for mname, _pname, param, effective in _effective_tensors(model):
+        n = param.numel()
+        r = int(torch.count_nonzero(effective.detach()))
+        total += n
+        remaining += r
+        t0, r0 = layers.get(mname, (0, 0))
+        layers[mname] = (t0 + n, r0 + r)
+    return ParamCount(total=total, remaining=remaining, layers=layers)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerBudget:
+    """How one layer counts against the budget, in units (weights or output channels)."""
+
+    name: str
+    units: int  # prunable units (weights, or output channels)
+    unit_params: int  # parameters removed with each pruned unit
+    min_keep: int
+    max_keep: int
+    shape: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetPlan:
+    """A budget and the layers it is spent on; turns allocations into exact sparsities."""
+
+    budget_params: int
+    total_params: int
+    fixed_params: int  # parameters that no allocation removes
+    layers: tuple[LayerBudget, ...]
+    granularity: str
+
+    @property
+    def min_feasible(self) -> int:
+        return self.fixed_params + sum(lb.min_keep * lb.unit_params for lb in self.layers)
+
+    @property
+    def prunable_budget(self) -> int:
+        return self.budget_params - self.fixed_params
+
+    def params_for(self, keep: Mapping[str, int]) -> int:
+        """Parameters remaining when each layer keeps ``keep[name]`` units (upper bound)."""
+        return self.fixed_params + sum(keep[lb.name] * lb.unit_params for lb in self.layers)
+
+    def to_sparsity(self, keep: Mapping[str, int]) -> dict[str, float]:
+        """Per-layer sparsity amounts that the masks turn back into exactly ``keep`` units."""
+        return {lb.name: (lb.units - keep[lb.name]) / lb.units for lb in self.layers}
+
+    def keep_from_sparsity(self, sparsity: Mapping[str, float]) -> dict[str, int]:
+        from sparsesearch.masks import num_to_prune
+
+        return {lb.name: lb.units - num_to_prune(sparsity[lb.name], lb.units) for lb in self.layers}
+
+    # -- allocations ------------------------------------------------------------------------
+
+    def project(self, densities: Mapping[str, float]) -> dict[str, int]:
+        """Scale relative per-layer densities onto the budget; return units kept per layer.
+
+        Finds the largest scale ``s`` with ``Σ clip(floor(s·d·n), min, max)·unit_params`` within
+        budget, then spends what is left one unit at a time on the layers furthest below
+        their target. The result always meets the budget.
+        """
+        for lb in self.layers:
+            d = densities.get(lb.name)
+            if d is None or not math.isfinite(d) or d < 0:
+                raise SparsesearchError(f"density for layer {lb.name!r} must be >= 0, got {d!r}")
+        avail = self.prunable_budget
+
+        def keep_at(s: float) -> dict[str, int]:
+            return {
+                lb.name: max(lb.min_keep, min(lb.max_keep, math.floor(s * densities[lb.name] * lb.units)))
+                for lb in self.layers
+            }
+
+        def cost(keep: Mapping[str, int]) -> int:
+            return sum(keep[lb.name] * lb.unit_params for lb in self.layers)
+
+        lo, hi = 0.0, 1.0
+        while cost(keep_at(hi)) <= avail and hi < 1e12:
+            lo, hi = hi, hi * 2
+        for _ in range(100):
+            mid = (lo + hi) / 2
+            if cost(keep_at(mid)) <= avail:
+                lo = mid
+            else:
+                hi = mid
+        keep = keep_at(lo)
+        left = avail - cost(keep)
+        # greedy fill: the layer with the largest shortfall against its target first
+        target = {lb.name: lo * densities[lb.name] * lb.units for lb in self.layers}
+        order = sorted(self.layers, key=lambda lb: (keep[lb.name] - target[lb.name], lb.name))
+        progress = True
+        while progress and left > 0:
+            progress = False
+            for lb in order:
+                if keep[lb.name] < lb.max_keep and lb.unit_params <= left:
+                    keep[lb.name] += 1
+                    left -= lb.unit_params
+                    progress = True
+                    break
+        return keep
+
+    def uniform(self) -> dict[str, int]:
+        """The same sparsity in every layer (as far as per-layer limits allow)."""
+        return self.project({lb.name: 1.0 for lb in self.layers})
+
+    def erk(self) -> dict[str, int]:
+        """Erdős–Rényi-kernel densities (Evci et al. 2020): ∝ Σ dims / Π dims of the weight."""
+        dens = {lb.name: sum(lb.shape) / math.prod(lb.shape) for lb in self.layers}
+        return self.project(dens)
+
+    def global_threshold(self, scores: Mapping[str, torch.Tensor]) -> dict[str, int]:
+        """One threshold across layers on ``scores`` (one tensor of unit scores per layer)."""
+        keep = {lb.name: lb.min_keep for lb in self.layers}
+        pool_scores, pool_params, pool_layer = [], [], []
+        for i, lb in enumerate(self.layers):
+            s = scores[lb.name].detach().flatten().to(torch.float64).cpu()
+            if s.numel() != lb.units:
+                raise SparsesearchError(
+                    f"scores for layer {lb.name!r} have {s.numel()} entries, expected {lb.units}"
+                )
+            ranked = torch.sort(s, descending=True, stable=True).values
+            extra = ranked[lb.min_keep : lb.max_keep]
+            pool_scores.append(extra)
+            pool_params.append(torch.full_like(extra, float(lb.unit_params)))
+            pool_layer.append(torch.full((extra.numel(),), i, dtype=torch.long))
+        if not pool_scores:
+            return keep
+        s = torch.cat(pool_scores)
+        p = torch.cat(pool_params)
+        li = torch.cat(pool_layer)
+        order = torch.argsort(-s, stable=True)
+        spent = torch.cumsum(p[order], 0)
+        avail = self.prunable_budget - sum(lb.min_keep * lb.unit_params for lb in self.layers)
+        taken = order[spent <= avail]
+        counts = torch.bincount(li[taken], minlength=len(self.layers))
+        for i, lb in enumerate(self.layers):
+            keep[lb.name] += int(counts[i])
+        return keep
+
+    def lamp(self, scores: Mapping[str, torch.Tensor]) -> dict[str, int]:
+        """LAMP (Lee et al. 2021): s² / Σ of s² over the layer's units scoring at least as high,
+        then one global threshold."""
+        return self.global_threshold({name: lamp_scores(s) for name, s in scores.items()})
+
+    def heuristic(self, name: str, scores: Mapping[str, torch.Tensor] | None = None) -> dict[str, int]:
+        if name == "uniform":
+            return self.uniform()
+        if name == "erk":
+            return self.erk()
+        if name in ("global", "lamp"):
+            if scores is None:
+                raise SparsesearchError(f"heuristic {name!r} needs strategy scores")
+            return self.global_threshold(scores) if name == "global" else self.lamp(scores)
+        raise SparsesearchError(f"unknown heuristic {name!r}; known: {', '.join(HEURISTICS)}")
+
+
+def lamp_scores(scores: torch.Tensor) -> torch.Tensor:
+    """LAMP normalisation of one layer's scores (same shape)."""
+    flat = scores.detach().flatten().to(torch.float64) ** 2
+    order = torch.argsort(flat, stable=True)  # ascending
+    sorted_sq = flat[order]
+    # Σ over units at least as large = reverse cumulative sum
+    suffix = torch.flip(torch.cumsum(torch.flip(sorted_sq, [0]), 0), [0])
+    lamp_sorted = sorted_sq / suffix.clamp_min(torch.finfo(torch.float64).tiny)
+    out = torch.empty_like(flat)
+    out[order] = lamp_sorted
+    return out.view(scores.shape)
+
+
+def resolve_budget(budget: int | float, total: int) -> int:
+    """An int is a parameter count; a float in (0, 1] a fraction of ``total`` to keep."""
+    if isinstance(budget, bool):
+        raise SparsesearchError(f"budget must be an int or a float in (0, 1], got {budget=}")
+    if isinstance(budget, int):
+        if budget <= 0:
+            raise SparsesearchError(f"budget must be a positive parameter count, got {budget=}")
+        return budget
+    if isinstance(budget, float):
+        if not 0.0 < budget <= 1.0:
+            raise SparsesearchError(f"a fractional budget must be in (0, 1], got {budget=}")
+        return int(math.floor(budget * total))
+    raise SparsesearchError(f"budget must be an int or a float in (0, 1], got {budget=}")
+
+
+def plan_budget(
+    model: nn.Module,
+    layers: Sequence[Layer],
+    budget: int | float,
+    *,
+    granularity: str = "weight",
+    min_sparsity: float | Mapping[str, float] = 0.0,
+    max_sparsity: float | Mapping[str, float] = 0.999,
+) -> BudgetPlan:
+    """The budget plan of ``model``: which parameters the layers can give up, and the limits.
+
+    Raises :class:`BudgetError` when the budget is below the feasible minimum (non-prunable
+    parameters plus each layer's minimum), with that minimum in the message.
+    """
+    counts = count_params(model)
+    budget_params = resolve_budget(budget, counts.total)
+
+    def limit(value: float | Mapping[str, float], name: str, default: float) -> float:
+        v = value.get(name, default) if isinstance(value, Mapping) else value
+        if not 0.0 <= v < 1.0:
+            raise SparsesearchError(f"per-layer sparsity limits must be in [0, 1), got {v=} for {name!r}")
+        return v
+
+    lbs = []
+    prunable_params = 0
+    for layer in layers:
+        w = layer.module.weight
+        if granularity == "channel":
+            units = int(w.shape[0])
+            bias = getattr(layer.module, "bias", None)
+            unit_params = int(w[0].numel()) + (1 if bias is not None else 0)
+            prunable_params += units * unit_params
+        else:
+            units = int(w.numel())
+            unit_params = 1
+            prunable_params += units
+        lo = limit(min_sparsity, layer.name, 0.0)
+        hi = limit(max_sparsity, layer.name, 0.999)
+        if granularity == "channel" and layer.is_output:
+            lo = hi = 0.0
+        max_keep = units - int(round(lo * units))
+        min_keep = max(1, units - min(int(round(hi * units)), units - 1))
+        min_keep = min(min_keep, max_keep)
+        lbs.append(LayerBudget(layer.name, units, unit_params, min_keep, max_keep, tuple(w.shape)))
+    plan = BudgetPlan(
+        budget_params=budget_params,
+        total_params=counts.total,
+        fixed_params=counts.total - prunable_params,
+        layers=tuple(lbs),
+        granularity=granularity,
+    )
+    if budget_params < plan.min_feasible:
+        raise BudgetError(
+            f"budget of {budget_params} parameters is infeasible: the feasible minimum is "
+            f"{plan.min_feasible} ({plan.fixed_params} non-prunable + per-layer minimum); "
+            f"total is {counts.total}"
+        )
+    return plan

@@ -1,0 +1,146 @@
+"""``prune()``: score with a strategy, then mask each layer at its exact amount."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from sparsesearch.errors import SparsesearchError, StrategyError
+from sparsesearch.layers import find_layers
+from sparsesearch.masks import apply_mask, channel_mask_to_weight, exact_mask, get_mask
+from sparsesearch.plugins import get_strategy
+from sparsesearch.score import DEFAULT_GRADIENT_BATCHES, compute_scores
+from sparsesearch.strategy import Layer, Strategy
+
+__all__ = ["apply_sparsity", "prune", "resolve_sparsity"]
+
+
+def resolve_sparsity(
+    layers: Sequence[Layer], sparsity: float | Mapping[str, float], granularity: str
+) -> dict[str, float]:
+    """Per-layer amounts from a float (every layer) or a ``{layer name: amount}`` dict."""
+    names = [layer.name for layer in layers]
+    if isinstance(sparsity, Mapping):
+        unknown = [n for n in sparsity if n not in names]
+        if unknown:
+            raise SparsesearchError(
+                f"no prunable layer named {unknown[0]!r}; prunable layers: {', '.join(names)}"
+            )
+        amounts = {n: float(sparsity.get(n, 0.0)) for n in names}
+    elif isinstance(sparsity, (int, float)) and not isinstance(sparsity, bool):
+        amounts = {n: float(sparsity) for n in names}
+    else:
+        raise SparsesearchError(f"sparsity must be a float or a dict, got {sparsity=}")
+    for n, a in amounts.items():
+        if not 0.0 <= a < 1.0:
+            raise SparsesearchError(f"sparsity for layer {n!r} must be in [0, 1), got {a}")
+    if granularity == "channel":
+        for layer in layers:
+            if layer.is_output and amounts[layer.name] > 0:
+                if isinstance(sparsity, Mapping):
+                    raise StrategyError(
+                        f"channel strategies never remove the output units of the final layer "
+                        f"{layer.name!r}; give it sparsity 0"
+                    )
+                amounts[layer.name] = 0.0
+    return amounts
+
+
+def apply_sparsity(
+    layers: Sequence[Layer],
+    scores: Mapping[str, torch.Tensor],
+    amounts: Mapping[str, float],
+    granularity: str,
+) -> None:
+    """Mask each layer at exactly ``round(amount × units)`` lowest-scoring units.
+
+    Already-pruned units stay pruned (their scores count as lowest), so repeated calls with
+    growing amounts prune gradually.
+    """
+    for layer in layers:
+        module = layer.module
+        amount = amounts[layer.name]
+        previous = get_mask(module, "weight")
+        if granularity == "channel":
+            prev_channels = None
+            if previous is not None:
+                prev_channels = (previous.flatten(1).abs().sum(1) > 0).to(previous.dtype)
+            cmask = exact_mask(scores[layer.name], amount, previous=prev_channels)
+            apply_mask(module, channel_mask_to_weight(cmask, module.weight))
+            if getattr(module, "bias", None) is not None:
+                apply_mask(module, cmask.to(module.bias.dtype), "bias")
+        else:
+            if amount == 0 and previous is None:
+                continue
+            mask = exact_mask(scores[layer.name], amount, previous=previous)
+            apply_mask(module, mask)
+
+
+def prune(
+    model: nn.Module,
+    strategy: str | Strategy = "magnitude",
+    sparsity: float | Mapping[str, float] = 0.5,
+    *,
+    data: Any = None,
+    seed: int = 0,
+    scope: str = "layer",
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    example_input: torch.Tensor | None = None,
+    num_batches: int = DEFAULT_GRADIENT_BATCHES,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+    params: Mapping[str, Any] | None = None,
+) -> nn.Module:
+    """Prune ``model`` in place with ``strategy`` and return it.
+
+    ``sparsity`` is the fraction of each layer's weights (or output channels) to remove: one
+    float for every prunable layer, or ``{layer name: amount}``. With ``scope="global"`` a
+    float is instead the overall fraction of prunable units, distributed by one threshold
+    across layers on the strategy's scores (global magnitude, the standard baseline).
+    Strategies with ``requires_data`` need ``data`` (a dataset name, a ``Splits``, a torch
+    Dataset or an iterable of ``(x, y)`` batches).
+    """
+    info = get_strategy(strategy)
+    strat = info.strategy
+    if scope not in ("layer", "global"):
+        raise SparsesearchError(f"scope must be 'layer' or 'global', got {scope=}")
+    layers = find_layers(model, include=include, exclude=exclude, example_input=example_input)
+    scores = compute_scores(
+        model, layers, strat, data=data, seed=seed, num_batches=num_batches,
+        batch_size=batch_size, device=device, params=params,
+    )
+    if scope == "global":
+        if isinstance(sparsity, Mapping):
+            raise SparsesearchError("scope='global' takes one float sparsity, not a dict")
+        amounts = global_amounts(layers, scores, float(sparsity), strat.granularity)
+    else:
+        amounts = resolve_sparsity(layers, sparsity, strat.granularity)
+    apply_sparsity(layers, scores, amounts, strat.granularity)
+    return model
+
+
+def global_amounts(
+    layers: Sequence[Layer], scores: Mapping[str, torch.Tensor], sparsity: float, granularity: str
+) -> dict[str, float]:
+    """Per-layer amounts of one global threshold removing ``sparsity`` of all prunable units."""
+    if not 0.0 <= sparsity < 1.0:
+        raise SparsesearchError(f"sparsity must be in [0, 1), got {sparsity=}")
+    eligible = [
+        layer for layer in layers if not (granularity == "channel" and layer.is_output)
+    ]
+    flat = [scores[layer.name].flatten().to(torch.float64) for layer in eligible]
+    total = sum(f.numel() for f in flat)
+    k = int(round(sparsity * total))
+    all_scores = torch.cat(flat)
+    owner = torch.cat([torch.full((f.numel(),), i) for i, f in enumerate(flat)])
+    order = torch.argsort(all_scores, stable=True)
+    counts = torch.bincount(owner[order[:k]], minlength=len(eligible))
+    amounts = {layer.name: 0.0 for layer in layers}
+    for i, layer in enumerate(eligible):
+        n = flat[i].numel()
+        amounts[layer.name] = min(int(counts[i]), n - 1) / n
+    return amounts
+

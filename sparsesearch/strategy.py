@@ -1,0 +1,119 @@
+"""What a strategy plugin sees: the :class:`Strategy` base class and the types passed to it.
+
+Strategies only *score*. The engine (``sparsesearch.masks``) turns scores into masks at the
+exact per-layer amount, applies and keeps them, and counts parameters; a strategy never touches
+masks or the budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Literal, Mapping
+
+import torch
+from torch import nn
+
+Granularity = Literal["weight", "channel"]
+
+__all__ = ["Granularity", "Layer", "ScoreContext", "Strategy"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One prunable layer, as the engine hands it to :meth:`Strategy.score`.
+
+    Attributes:
+        name: qualified module name in the model (``"features.0"``).
+        module: the ``nn.Linear`` / ``nn.Conv*d`` module itself. Read it; never modify it.
+        weight: the layer's current effective weight, detached (``out, in/groups, *kernel``).
+        is_output: True for the model's final layer (its output units are the classes).
+    """
+
+    name: str
+    module: nn.Module
+    weight: torch.Tensor
+    is_output: bool = False
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        bias = getattr(self.module, "bias", None)
+        return None if bias is None else bias.detach()
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreContext:
+    """Everything besides the layer that a strategy may use. New fields get defaults, so
+    adding one never breaks an existing plugin: read the attributes you need, ignore the rest.
+
+    Attributes:
+        seed: seed for any randomness; the same seed must give the same scores.
+        model: the whole model (read only), e.g. for strategies that look at neighbours.
+        gradients: ``{layer name: ∂L/∂w averaged over batches}``; empty unless the strategy
+            sets ``requires_data = True``.
+        gradient_squares: ``{layer name: mean over batches of (∂L/∂w)²}``, same conditions.
+        taylor: ``{layer name: Σ over batches of (Σ over each output channel of w·∂L/∂w)²}``,
+            shape ``(out_channels,)``, the first-order Taylor channel importance (Molchanov
+            et al. 2019); same conditions.
+        num_batches: how many training batches the gradients were accumulated over.
+        params: strategy-specific hyperparameters (from the search space hook), by name.
+    """
+
+    seed: int = 0
+    model: nn.Module | None = None
+    gradients: Mapping[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    gradient_squares: Mapping[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    taylor: Mapping[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    num_batches: int = 0
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def generator(self, layer: Layer | str) -> torch.Generator:
+        """A CPU generator seeded from ``seed`` and the layer name (stable across runs)."""
+        name = layer if isinstance(layer, str) else layer.name
+        mixed = self.seed * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(name))
+        return torch.Generator().manual_seed(mixed % (2**63 - 1))
+
+    def gradient(self, layer: Layer | str) -> torch.Tensor:
+        """Accumulated gradient of ``layer``; a clear error when the engine gathered none."""
+        name = layer if isinstance(layer, str) else layer.name
+        try:
+            return self.gradients[name]
+        except KeyError:
+            raise ValueError(
+                f"no gradient for layer {name!r}: set requires_data = True on the strategy "
+                "and pass data to prune()/search()"
+            ) from None
+
+
+class Strategy:
+    """Base class of pruning strategies. Subclass it, set the class attributes, implement
+    :meth:`score`, and register an instance from the ``sparsesearch_register_strategies`` hook.
+
+    Class attributes:
+        name: unique registry name (``"magnitude"``); what users type.
+        granularity: ``"weight"`` (one score per weight, unstructured) or ``"channel"`` (one
+            score per output channel, structured; the channel's bias goes with it).
+        requires_data: True when :meth:`score` needs gradients; the engine then accumulates
+            them over training batches and passes them in the :class:`ScoreContext`.
+        description: one line for ``sparsesearch strategies``.
+    """
+
+    name: ClassVar[str] = ""
+    granularity: ClassVar[Granularity] = "weight"
+    requires_data: ClassVar[bool] = False
+    description: ClassVar[str] = ""
+
+    def score(self, layer: Layer, context: ScoreContext) -> torch.Tensor:
+        """Return importance scores for ``layer`` (higher = keep).
+
+        Shape: ``layer.weight.shape`` for ``granularity="weight"``; ``(layer.out_channels,)``
+        for ``granularity="channel"``. Finite values only. Must not modify the layer, its
+        weights or its gradients, and must be deterministic for a given ``context.seed``.
+        """
+        raise NotImplementedError(f"{type(self).__name__}.score is not implemented")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} ({self.granularity})>"
