@@ -12,26 +12,37 @@ from sparsesearch.layers import find_layers
 from sparsesearch.masks import load_masked_state_dict, make_permanent
 from sparsesearch.plugins import StrategyInfo, get_strategy, list_strategies
 from sparsesearch.prune import prune
+from sparsesearch.recipe import Recipe, RetrainSettings, apply_recipe, load_recipe
+from sparsesearch.search import DenseSettings, SearchResult, search
+from sparsesearch.space import SearchSpace
 from sparsesearch.strategy import Layer, ScoreContext, Strategy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BudgetError",
+    "DenseSettings",
     "Layer",
     "ParamCount",
     "PluginError",
+    "Recipe",
+    "RetrainSettings",
     "ScoreContext",
+    "SearchResult",
+    "SearchSpace",
     "SparsesearchError",
     "Strategy",
     "StrategyError",
     "StrategyInfo",
+    "apply_recipe",
     "count_params",
     "find_layers",
     "get_strategy",
     "hookimpl",
     "list_strategies",
+    "load_recipe",
     "load_masked_state_dict",
     "make_permanent",
     "prune",
+    "search",
 ]

@@ -57,20 +57,31 @@ def _effective_tensors(model: nn.Module):
             continue
         if parametrize.is_parametrized(module):
             for pname, plist in module.parametrizations.items():
-                original = plist.original
-                if id(original) in seen:
-                    continue
-                seen.add(id(original))
                 with torch.no_grad():
-                    yield mname, pname, original, getattr(module, pname)
+                    effective = getattr(module, pname)
+                # one `original`, or `original0`, `original1`, ... (e.g. weight_norm's g and v)
+                originals = [
+                    t for n, t in plist.named_parameters(recurse=False) if n.startswith("original")
+                ] or [
+                    t for n, t in plist.named_buffers(recurse=False) if n.startswith("original")
+                ]
+                for original in originals:
+                    if id(original) in seen:
+                        continue
+                    seen.add(id(original))
+                    # count zeros on the effective tensor (masks), when it is the same tensor shape
+                    eff = effective if effective.shape == original.shape else original
+                    yield mname, pname, original, eff
         for pname, param in module.named_parameters(recurse=False):
             if id(param) in seen:
                 continue
             seen.add(id(param))
             effective = param
-            # torch.nn.utils.prune keeps `<name>_orig` plus a `<name>_mask` buffer
-            if pname.endswith("_orig") and hasattr(module, pname[:-5] + "_mask"):
-                effective = getattr(module, pname[:-5])
+            # torch.nn.utils.prune keeps `<name>_orig` plus a `<name>_mask` buffer; the
+            # `<name>` attribute is only refreshed by a forward pass, so recompute it
+            mask = getattr(module, pname[:-5] + "_mask", None) if pname.endswith("_orig") else None
+            if isinstance(mask, torch.Tensor) and mask.shape == param.shape:
+                effective = param.detach() * mask
             yield mname, pname, param, effective
 
 

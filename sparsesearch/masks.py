@@ -100,6 +100,12 @@ def apply_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight") -> N
     existing = _mask_param(module, name)
     if existing is not None:
         existing.mask.copy_(mask)
+        # keep the stored values in agreement with the mask, as on the first application
+        plist = module.parametrizations[name]
+        original = getattr(plist, "original", None)
+        if original is not None and original.shape == mask.shape:
+            with torch.no_grad():
+                original.mul_(mask)
         return
     # zero the stored values too, so the raw tensor agrees with the mask
     with torch.no_grad():

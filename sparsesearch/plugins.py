@@ -72,9 +72,10 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
             continue
         if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
             other = pm.get_plugin(ep.name)
+            other_dist = pm._sparsesearch_dists.get(ep.name, "unknown distribution")  # type: ignore[attr-defined]
             raise PluginError(
                 f"two plugins named {ep.name!r}: {ep.value!r} from {dist} and "
-                f"{getattr(other, '__name__', other)!r}; rename one entry point"
+                f"{getattr(other, '__name__', other)!r} from {other_dist}; rename one entry point"
             )
         try:
             plugin = ep.load()
@@ -83,7 +84,13 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
                 f"plugin {ep.name!r} from distribution {dist} failed to load ({ep.value}): "
                 f"{type(exc).__name__}: {exc}. Set {DISABLE_ENV}={ep.name} to skip it."
             ) from exc
-        pm.register(plugin, name=ep.name)
+        try:
+            pm.register(plugin, name=ep.name)
+        except Exception as exc:  # noqa: BLE001 - bad hookimpls, the same module registered twice
+            raise PluginError(
+                f"plugin {ep.name!r} from distribution {dist} could not be registered "
+                f"({ep.value}): {type(exc).__name__}: {exc}. Set {DISABLE_ENV}={ep.name} to skip it."
+            ) from exc
         pm._sparsesearch_dists[ep.name] = dist  # type: ignore[attr-defined]
 
 
@@ -136,7 +143,7 @@ def collect(hook_name: str) -> list[tuple[tuple[str, str], tuple[Any, ...]]]:
             out.append((_source, args))
 
         try:
-            impl.function(register=register)
+            impl.function(**({"register": register} if "register" in impl.argnames else {}))
         except Exception as exc:  # noqa: BLE001
             raise PluginError(
                 f"plugin {source[0]!r} from {source[1]} raised in {hook_name}: "
@@ -188,6 +195,10 @@ def list_strategies() -> list[StrategyInfo]:
 def get_strategy(name: str | Strategy) -> StrategyInfo:
     """Look a strategy up by name (a :class:`Strategy` instance is accepted as is)."""
     if isinstance(name, Strategy):
+        if name.granularity not in ("weight", "channel"):
+            raise StrategyError(
+                f"strategy {name!r} has granularity={name.granularity!r}: use 'weight' or 'channel'"
+            )
         return StrategyInfo(name.name or type(name).__name__, name, "(instance)", "(instance)")
     registry = _strategy_registry()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -29,7 +30,7 @@ def resolve_sparsity(
                 f"no prunable layer named {unknown[0]!r}; prunable layers: {', '.join(names)}"
             )
         amounts = {n: float(sparsity.get(n, 0.0)) for n in names}
-    elif isinstance(sparsity, (int, float)) and not isinstance(sparsity, bool):
+    elif isinstance(sparsity, numbers.Real) and not isinstance(sparsity, bool):
         amounts = {n: float(sparsity) for n in names}
     else:
         raise SparsesearchError(f"sparsity must be a float or a dict, got {sparsity=}")
@@ -68,9 +69,16 @@ def apply_sparsity(
             if previous is not None:
                 prev_channels = (previous.flatten(1).abs().sum(1) > 0).to(previous.dtype)
             cmask = exact_mask(scores[layer.name], amount, previous=prev_channels)
-            apply_mask(module, channel_mask_to_weight(cmask, module.weight))
+            wmask = channel_mask_to_weight(cmask, module.weight)
+            if previous is not None:  # weights pruned earlier (e.g. unstructured) stay pruned
+                wmask = wmask * previous.to(wmask.dtype)
+            apply_mask(module, wmask)
             if getattr(module, "bias", None) is not None:
-                apply_mask(module, cmask.to(module.bias.dtype), "bias")
+                bmask = cmask.to(module.bias.dtype)
+                prev_bias = get_mask(module, "bias")
+                if prev_bias is not None:
+                    bmask = bmask * prev_bias.to(bmask.dtype)
+                apply_mask(module, bmask, "bias")
         else:
             if amount == 0 and previous is None:
                 continue
@@ -108,16 +116,24 @@ def prune(
     if scope not in ("layer", "global"):
         raise SparsesearchError(f"scope must be 'layer' or 'global', got {scope=}")
     layers = find_layers(model, include=include, exclude=exclude, example_input=example_input)
+    # check the sparsity before scoring (scoring may cost gradient passes)
+    if scope == "global":
+        if isinstance(sparsity, Mapping) or not isinstance(sparsity, numbers.Real) or isinstance(
+            sparsity, bool
+        ):
+            raise SparsesearchError(
+                f"scope='global' takes one float sparsity, got {sparsity=}"
+            )
+        if not 0.0 <= float(sparsity) < 1.0:
+            raise SparsesearchError(f"sparsity must be in [0, 1), got {sparsity=}")
+    else:
+        amounts = resolve_sparsity(layers, sparsity, strat.granularity)
     scores = compute_scores(
         model, layers, strat, data=data, seed=seed, num_batches=num_batches,
         batch_size=batch_size, device=device, params=params,
     )
     if scope == "global":
-        if isinstance(sparsity, Mapping):
-            raise SparsesearchError("scope='global' takes one float sparsity, not a dict")
         amounts = global_amounts(layers, scores, float(sparsity), strat.granularity)
-    else:
-        amounts = resolve_sparsity(layers, sparsity, strat.granularity)
     apply_sparsity(layers, scores, amounts, strat.granularity)
     return model
 
@@ -131,6 +147,9 @@ def global_amounts(
     eligible = [
         layer for layer in layers if not (granularity == "channel" and layer.is_output)
     ]
+    amounts = {layer.name: 0.0 for layer in layers}
+    if not eligible:
+        return amounts
     flat = [scores[layer.name].flatten().to(torch.float64) for layer in eligible]
     total = sum(f.numel() for f in flat)
     k = int(round(sparsity * total))
@@ -138,7 +157,6 @@ def global_amounts(
     owner = torch.cat([torch.full((f.numel(),), i) for i, f in enumerate(flat)])
     order = torch.argsort(all_scores, stable=True)
     counts = torch.bincount(owner[order[:k]], minlength=len(eligible))
-    amounts = {layer.name: 0.0 for layer in layers}
     for i, layer in enumerate(eligible):
         n = flat[i].numel()
         amounts[layer.name] = min(int(counts[i]), n - 1) / n

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
@@ -17,27 +18,55 @@ __all__ = ["accumulate_gradients", "compute_scores", "DEFAULT_GRADIENT_BATCHES"]
 DEFAULT_GRADIENT_BATCHES = 8
 
 
-def _batches(data: Any, batch_size: int, seed: int, device: torch.device) -> Iterable:
-    from sparsesearch.data import Splits, load_dataset
-    from sparsesearch.train import iterate_batches
+def _is_tensor_pair(data: Any) -> bool:
+    return (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and all(isinstance(t, torch.Tensor) for t in data)
+    )
 
+
+def _batches(data: Any, batch_size: int, seed: int, device: torch.device) -> Iterable:
+    # sparsesearch.data / sparsesearch.train are imported only on the paths that need them:
+    # an iterable of (x, y) batches works without either.
     if isinstance(data, str):
+        from sparsesearch.data import load_dataset
+
         data = load_dataset(data, seed=seed)
-    if isinstance(data, Splits):
+    data_module = sys.modules.get("sparsesearch.data")
+    splits_type = getattr(data_module, "Splits", None)
+    if splits_type is not None and isinstance(data, splits_type):
         data = data.train
-    if isinstance(data, (tuple, list)) and len(data) in (2, 3) and not isinstance(
-        data[0], torch.Tensor
+    # (train, val[, test]) datasets: score on train. A list of 2-3 (x, y) batches is not this.
+    if (
+        isinstance(data, (tuple, list))
+        and len(data) in (2, 3)
+        and all(isinstance(d, torch.utils.data.Dataset) for d in data)
     ):
         data = data[0]
     if isinstance(data, torch.utils.data.Dataset):
+        from sparsesearch.train import iterate_batches
+
         gen = torch.Generator().manual_seed(seed)
         return iterate_batches(data, batch_size, shuffle=True, generator=gen, device=device)
+    if _is_tensor_pair(data):  # one (x, y) batch
+        data = [data]
     if isinstance(data, Iterable):  # a DataLoader or any iterable of (x, y)
-        return ((x.to(device), y.to(device)) for x, y in data)
+        return _checked_pairs(data, device)
     raise SparsesearchError(
         f"data must be a dataset name, a Splits, a torch Dataset or an iterable of (x, y) "
         f"batches, got {type(data).__name__}"
     )
+
+
+def _checked_pairs(data: Iterable, device: torch.device) -> Iterable:
+    for i, batch in enumerate(data):
+        if not _is_tensor_pair(batch):
+            raise SparsesearchError(
+                f"data batch {i} is a {type(batch).__name__}, expected an (x, y) pair of tensors"
+            )
+        x, y = batch
+        yield x.to(device), y.to(device)
 
 
 def accumulate_gradients(
@@ -68,20 +97,29 @@ def accumulate_gradients(
     taylor = {n: torch.zeros(w.shape[0], dtype=w.dtype, device=w.device) for n, w in weights.items()}
     loss_fn = loss_fn or nn.functional.cross_entropy
     seen = 0
-    for x, y in _batches(data, batch_size, seed, device):
-        work.zero_grad(set_to_none=True)
-        loss = loss_fn(work(x), y)
-        if not torch.isfinite(loss):
-            raise SparsesearchError(f"non-finite loss while accumulating gradients (batch {seen})")
-        loss.backward()
-        for n, w in weights.items():
-            g = w.grad if w.grad is not None else torch.zeros_like(w)
-            grads[n] += g
-            grad_sq[n] += g * g
-            taylor[n] += (w.detach() * g).flatten(1).sum(1) ** 2
-        seen += 1
-        if seen >= num_batches:
-            break
+    # seeded and isolated: dropout etc. give the same gradients for the same seed, and the
+    # caller's global RNG state is left as it was
+    rng_devices: list[int] = []
+    if device.type == "cuda":
+        rng_devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(seed)
+        for x, y in _batches(data, batch_size, seed, device):
+            work.zero_grad(set_to_none=True)
+            loss = loss_fn(work(x), y)
+            if not torch.isfinite(loss):
+                raise SparsesearchError(
+                    f"non-finite loss while accumulating gradients (batch {seen})"
+                )
+            loss.backward()
+            for n, w in weights.items():
+                g = w.grad if w.grad is not None else torch.zeros_like(w)
+                grads[n] += g
+                grad_sq[n] += g * g
+                taylor[n] += (w.detach() * g).flatten(1).sum(1) ** 2
+            seen += 1
+            if seen >= num_batches:
+                break
     if seen == 0:
         raise SparsesearchError("no training batches to accumulate gradients from")
     cpu = torch.device("cpu")

@@ -1,0 +1,212 @@
+"""Recipes: everything needed to replay one pruned model from its dense starting point.
+
+A recipe is plain JSON (``Recipe.to_json`` / ``Recipe.from_json``)::
+
+    {"format": "sparsesearch.recipe/1", "strategy": "magnitude", "granularity": "weight",
+     "sparsity": {"fc1": 0.99, ...}, "retrain": {"lr": 0.05, "epochs": 3, ...},
+     "seed": 123, "score": {"num_batches": 8, "seed": 0}, "strategy_params": {},
+     "budget_params": 4312, "params": 4310, "total_params": 431080}
+
+:func:`apply_recipe` prunes a dense model at exactly those per-layer amounts, with the same
+strategy scores, prune steps and fine-tuning, and returns the pruned model.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from sparsesearch.errors import SparsesearchError
+from sparsesearch.layers import find_layers
+from sparsesearch.prune import apply_sparsity
+from sparsesearch.plugins import get_strategy
+from sparsesearch.score import DEFAULT_GRADIENT_BATCHES, compute_scores
+
+__all__ = ["FORMAT", "Recipe", "RetrainSettings", "apply_recipe", "load_recipe"]
+
+FORMAT = "sparsesearch.recipe/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrainSettings:
+    """Fine-tuning after pruning. ``prune_steps`` = k rounds of prune + retrain (1 = one-shot);
+    ``kd_weight`` > 0 distils from the dense model at ``kd_temperature``."""
+
+    lr: float = 0.05
+    epochs: int = 3
+    optimizer: str = "sgd"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    batch_size: int = 128
+    prune_steps: int = 1
+    kd_weight: float = 0.0
+    kd_temperature: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise SparsesearchError(f"lr must be > 0, got lr={self.lr!r}")
+        if self.epochs < 0:
+            raise SparsesearchError(f"epochs must be >= 0, got epochs={self.epochs!r}")
+        if self.prune_steps < 1:
+            raise SparsesearchError(f"prune_steps must be >= 1, got prune_steps={self.prune_steps!r}")
+        if not 0.0 <= self.kd_weight <= 1.0:
+            raise SparsesearchError(f"kd_weight must be in [0, 1], got kd_weight={self.kd_weight!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    strategy: str
+    sparsity: dict[str, float]
+    retrain: RetrainSettings = RetrainSettings()
+    seed: int = 0
+    granularity: str = "weight"
+    score: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {"num_batches": DEFAULT_GRADIENT_BATCHES, "seed": 0}
+    )
+    strategy_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    budget_params: int | None = None
+    params: int | None = None
+    total_params: int | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d = {"format": FORMAT, **d}
+        return d
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Recipe":
+        d = dict(d)
+        fmt = d.pop("format", FORMAT)
+        if fmt != FORMAT:
+            raise SparsesearchError(f"unsupported recipe format {fmt!r}; expected {FORMAT!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SparsesearchError(f"unknown recipe key {unknown[0]!r}")
+        d["retrain"] = RetrainSettings(**d.get("retrain", {}))
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Recipe":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise SparsesearchError(f"recipe is not valid JSON: {exc}") from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a recipe JSON file."""
+    return Recipe.from_json(Path(path).read_text())
+
+
+def step_amounts(final: Mapping[str, float], steps: int) -> list[dict[str, float]]:
+    """Per-step amounts reaching ``final`` over ``steps`` rounds (Zhu & Gupta's cubic schedule);
+    the last step is exactly ``final``."""
+    out = []
+    for i in range(1, steps + 1):
+        frac = 1.0 - (1.0 - i / steps) ** 3
+        out.append({n: (a if i == steps else a * frac) for n, a in final.items()})
+    return out
+
+
+def split_epochs(epochs: int, steps: int) -> list[int]:
+    """Fine-tuning epochs per prune step: intermediate steps get one epoch each (at least),
+    the final step the rest."""
+    if steps == 1:
+        return [epochs]
+    inter = [1] * (steps - 1)
+    return inter + [max(epochs - (steps - 1), 1 if epochs > 0 else 0)]
+
+
+def apply_recipe(
+    model: nn.Module,
+    recipe: Recipe | Mapping[str, Any] | str | Path,
+    data: Any,
+    *,
+    device: str | torch.device = "cpu",
+    scores: Mapping[str, torch.Tensor] | None = None,
+    teacher: nn.Module | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+    retrain: bool = True,
+    inplace: bool = False,
+) -> nn.Module:
+    """Replay ``recipe`` on ``model`` (the dense starting point) and return the pruned model.
+
+    ``data`` is a dataset name, a :class:`sparsesearch.data.Splits` or a ``(train, val[, test])``
+    tuple. ``scores`` are the strategy's scores of the dense model when already computed (the
+    search passes its per-study cache). With ``retrain=False`` only the masks are applied
+    (one step, the final amounts). Masks stay on the returned model; call
+    :func:`sparsesearch.make_permanent` to bake them in.
+    """
+    from sparsesearch.data import as_splits
+    from sparsesearch.train import fit
+
+    if isinstance(recipe, (str, Path)):
+        recipe = load_recipe(recipe)
+    elif isinstance(recipe, Mapping):
+        recipe = Recipe.from_dict(recipe)
+    info = get_strategy(recipe.strategy)
+    strategy = info.strategy
+    if strategy.granularity != recipe.granularity:
+        raise SparsesearchError(
+            f"recipe says granularity {recipe.granularity!r} but strategy {recipe.strategy!r} "
+            f"is {strategy.granularity!r}"
+        )
+    splits = as_splits(data, seed=recipe.seed)
+    work = model if inplace else copy.deepcopy(model)
+    work.to(device)
+    if teacher is None and recipe.retrain.kd_weight > 0:
+        teacher = copy.deepcopy(model).to(device).eval()
+    layers = find_layers(work)
+    missing = sorted(set(recipe.sparsity) - {layer.name for layer in layers})
+    if missing:
+        raise SparsesearchError(f"recipe names layer {missing[0]!r}, which the model lacks")
+    amounts = {layer.name: float(recipe.sparsity.get(layer.name, 0.0)) for layer in layers}
+    rt = recipe.retrain
+    steps = rt.prune_steps if retrain else 1
+    score_kw = dict(
+        data=splits.train, seed=int(recipe.score.get("seed", 0)),
+        num_batches=int(recipe.score.get("num_batches", DEFAULT_GRADIENT_BATCHES)),
+        batch_size=rt.batch_size, device=device, params=recipe.strategy_params,
+    )
+    epoch_offset = 0
+    for step, (step_amount, epochs) in enumerate(
+        zip(step_amounts(amounts, steps), split_epochs(rt.epochs, steps))
+    ):
+        if step == 0 and scores is not None:
+            step_scores = scores
+        else:  # prune steps after the first score the current (fine-tuned) model
+            step_scores = compute_scores(work, layers, strategy, **score_kw)
+        apply_sparsity(layers, step_scores, step_amount, strategy.granularity)
+        if not retrain or epochs == 0:
+            continue
+        final = step == steps - 1
+        offset = epoch_offset
+
+        def report(epoch: int, acc: float, _offset: int = offset) -> None:
+            if on_epoch is not None:
+                on_epoch(_offset + epoch, acc)
+
+        fit(
+            work, splits.train, epochs=epochs, lr=rt.lr, optimizer=rt.optimizer,
+            weight_decay=rt.weight_decay, momentum=rt.momentum, batch_size=rt.batch_size,
+            seed=recipe.seed + step, device=device,
+            val_data=splits.val if (final or on_epoch is not None) else None,
+            on_epoch=report, teacher=teacher, kd_weight=rt.kd_weight,
+            kd_temperature=rt.kd_temperature,
+        )
+        epoch_offset += epochs
+    return work

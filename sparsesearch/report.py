@@ -1,0 +1,462 @@
+"""Reports: a Markdown summary and PNG plots of a stored study.
+
+:func:`write_report` reads only the stored study (trials, their user attributes and the study
+attributes written by :func:`sparsesearch.search`), so it works from a storage URL alone, on
+any machine that can reach the storage. It never evaluates a model: test accuracy appears only
+where the search stored it (the best trial's, in the study attribute ``test_accuracy``).
+
+Plots use matplotlib's object API with the Agg canvas (no display, no global backend change).
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sparsesearch.errors import SparsesearchError
+
+__all__ = ["open_study", "standard_error", "write_report"]
+
+HEURISTIC_ORDER = ("uniform", "global", "lamp", "erk")
+_COLORS = {"uniform": "tab:orange", "global": "tab:green", "lamp": "tab:red", "erk": "tab:purple"}
+_MARKERS = {"uniform": "s", "global": "^", "lamp": "D", "erk": "P"}
+
+
+# ---------------------------------------------------------------------------------------------
+# opening a stored study
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of an ``sqlite:///`` URL (None for other URLs and in-memory databases)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    rest = url[len("sqlite:///"):].split("?", 1)[0]
+    if not rest or rest == ":memory:":
+        return None
+    return Path(rest)
+
+
+def open_study(storage: str, study_name: str | None) -> optuna.Study:
+    """Load a stored study; user errors (no such file, no such study) as one-line
+    :class:`SparsesearchError` s. Never creates a database."""
+    from sparsesearch.search import mask_url
+
+    shown = mask_url(storage)
+    path = sqlite_path(storage)
+    if path is not None and not path.is_file():
+        raise SparsesearchError(f"no study database at {path} (storage {shown}); run the study first")
+    try:
+        names = optuna.study.get_all_study_names(storage=storage)
+    except Exception as exc:  # noqa: BLE001 - bad URL, driver missing, unreachable server
+        first = " ".join(str(exc).split())[:300]
+        raise SparsesearchError(f"cannot open storage {shown}: {type(exc).__name__}: {first}") from None
+    if study_name is None:
+        if len(names) == 1:
+            study_name = names[0]
+        else:
+            listed = ", ".join(names) if names else "none"
+            raise SparsesearchError(f"give --study-name; studies in {shown}: {listed}")
+    if study_name not in names:
+        listed = ", ".join(names) if names else "none"
+        raise SparsesearchError(f"no study named {study_name!r} in {shown}; studies there: {listed}")
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def standard_error(p: float, n: int) -> float:
+    """Binomial standard error of an accuracy ``p`` measured on ``n`` samples."""
+    if n <= 0:
+        return float("nan")
+    p = min(max(p, 0.0), 1.0)
+    return math.sqrt(p * (1 - p) / n)
+
+
+def _pct(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{100 * x:.{digits}f} %"
+
+
+def _int(x: Any) -> str:
+    return "—" if x is None else f"{int(x):,}"
+
+
+def _val(t: FrozenTrial) -> float:
+    return float(t.values[0])
+
+
+def _heuristic_bests(complete: Sequence[FrozenTrial]) -> dict[str, FrozenTrial]:
+    """The best COMPLETE trial of each heuristic seed (seeds are enqueued at several lrs)."""
+    out: dict[str, FrozenTrial] = {}
+    for t in complete:
+        h = t.user_attrs.get("heuristic")
+        if not h:
+            continue
+        if h not in out or (_val(t), -t.number) > (_val(out[h]), -out[h].number):
+            out[h] = t
+    order = {h: i for i, h in enumerate(HEURISTIC_ORDER)}
+    return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0], 99), kv[0])))
+
+
+def _best(study: optuna.Study, complete: Sequence[FrozenTrial]) -> FrozenTrial | None:
+    if not complete:
+        return None
+    from sparsesearch.search import best_trial
+
+    return best_trial(study)
+
+
+def _test_accuracy(study_attrs: dict[str, Any], number: int) -> float | None:
+    record = study_attrs.get("test_accuracy") or {}
+    value = record.get(str(number), record.get(number)) if isinstance(record, dict) else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _figure(width: float = 7.0, height: float = 4.5):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _ylim(ax, values: Sequence[float], keep: Sequence[float]) -> int:
+    """A y range that shows the interesting top; returns how many values fall below it."""
+    if not values:
+        return 0
+    srt = sorted(values)
+    p10 = srt[int(0.1 * (len(srt) - 1))]
+    low = min([p10, *keep]) if keep else p10
+    top = max(values)
+    margin = max((top - low) * 0.08, 0.005)
+    bottom = max(low - margin, 0.0)
+    ax.set_ylim(bottom, min(top + margin, 1.0 + margin))
+    return sum(1 for v in values if v < bottom)
+
+
+# ---------------------------------------------------------------------------------------------
+# plots
+
+
+def plot_history(study: optuna.Study, path: Path) -> Path:
+    """Validation accuracy per trial (heuristic seeds marked, pruned trials at their last
+    reported value) and the best so far."""
+    trials = study.get_trials(deepcopy=False)
+    fig, ax = _figure()
+    searched = [t for t in trials if t.state == TrialState.COMPLETE and not t.user_attrs.get("heuristic")]
+    seeds = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("heuristic")]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    if searched:
+        ax.scatter([t.number for t in searched], [_val(t) for t in searched], s=18,
+                   color="tab:blue", label="searched", zorder=3)
+    for h in sorted({t.user_attrs["heuristic"] for t in seeds}):
+        pts = [t for t in seeds if t.user_attrs["heuristic"] == h]
+        ax.scatter([t.number for t in pts], [_val(t) for t in pts], s=40, marker=_MARKERS.get(h, "o"),
+                   color=_COLORS.get(h, "tab:gray"), label=f"seed: {h}", zorder=4)
+    if pruned:
+        last = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
+        ax.scatter([t.number for t in pruned], last, s=14, marker="x", color="0.6",
+                   label="pruned (last epoch)", zorder=2)
+    complete = sorted(searched + seeds, key=lambda t: t.number)
+    if complete:
+        xs, ys, best = [], [], -math.inf
+        for t in complete:
+            best = max(best, _val(t))
+            xs.append(t.number)
+            ys.append(best)
+        ax.step(xs, ys, where="post", color="black", linewidth=1.2, label="best so far", zorder=5)
+    values = [_val(t) for t in complete] + ([v for v in last] if pruned else [])
+    below = _ylim(ax, values, [_val(t) for t in seeds])
+    title = f"Optimisation history: {study.study_name}"
+    if below:
+        title += f" ({below} trials below the axis)"
+    ax.set_title(title)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    if complete or pruned:
+        ax.legend(loc="lower right", fontsize=8)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_accuracy_vs_params(study: optuna.Study, path: Path) -> Path:
+    """Validation accuracy against remaining parameters for every COMPLETE trial, the
+    heuristic seeds marked, the budget as a line; the Pareto front in pareto studies."""
+    attrs = study.user_attrs
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    fig, ax = _figure()
+    pts = [t for t in complete if isinstance(t.user_attrs.get("params"), (int, float))]
+    searched = [t for t in pts if not t.user_attrs.get("heuristic")]
+    seeds = [t for t in pts if t.user_attrs.get("heuristic")]
+    if searched:
+        ax.scatter([t.user_attrs["params"] for t in searched], [_val(t) for t in searched], s=18,
+                   color="tab:blue", alpha=0.8, label="searched", zorder=3)
+    for h in sorted({t.user_attrs["heuristic"] for t in seeds}):
+        hp = [t for t in seeds if t.user_attrs["heuristic"] == h]
+        ax.scatter([t.user_attrs["params"] for t in hp], [_val(t) for t in hp], s=44,
+                   marker=_MARKERS.get(h, "o"), color=_COLORS.get(h, "tab:gray"),
+                   label=f"seed: {h}", zorder=4)
+    if len(study.directions) > 1:
+        front = sorted(
+            (t for t in study.best_trials if isinstance(t.user_attrs.get("params"), (int, float))),
+            key=lambda t: t.user_attrs["params"],
+        )
+        if front:
+            ax.step([t.user_attrs["params"] for t in front], [_val(t) for t in front], where="post",
+                    color="black", linewidth=1.2, label="Pareto front", zorder=5)
+    if pts:
+        from sparsesearch.search import best_trial
+
+        b = best_trial(study)
+        ax.scatter([b.user_attrs.get("params", 0)], [_val(b)], s=180, marker="*", color="gold",
+                   edgecolor="black", label=f"best (#{b.number})", zorder=6)
+    budget = attrs.get("budget_params")
+    if isinstance(budget, (int, float)):
+        ax.axvline(budget, color="tab:red", linestyle="--", linewidth=1, label=f"budget ({int(budget):,})")
+    dense_val = attrs.get("dense_val_accuracy")
+    if isinstance(dense_val, (int, float)):
+        ax.axhline(dense_val, color="0.4", linestyle=":", linewidth=1, label=f"dense ({100 * dense_val:.2f} %)")
+    params = [t.user_attrs["params"] for t in pts]
+    if params and min(params) > 0 and max(params) / max(min(params), 1) > 20:
+        ax.set_xscale("log")
+    values = [_val(t) for t in pts] + ([dense_val] if isinstance(dense_val, (int, float)) else [])
+    below = _ylim(ax, values, [_val(t) for t in seeds])
+    title = "Validation accuracy vs remaining parameters"
+    if below:
+        title += f" ({below} below the axis)"
+    ax.set_title(title)
+    ax.set_xlabel("remaining parameters (whole model)")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    if pts:
+        ax.legend(loc="lower right", fontsize=8)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_layer_sparsity(best: FrozenTrial, path: Path, compare: FrozenTrial | None = None) -> Path:
+    """Per-layer sparsity of the best trial (bars), with another trial's (e.g. the best
+    heuristic's) as markers."""
+    sparsity: dict[str, float] = dict(best.user_attrs.get("sparsity") or {})
+    names = list(sparsity)
+    fig, ax = _figure(7.0, max(2.5, 0.35 * len(names) + 1.5))
+    ys = list(range(len(names)))
+    ax.barh(ys, [100 * sparsity[n] for n in names], color="tab:blue", alpha=0.8,
+            label=f"best (#{best.number})")
+    if compare is not None:
+        other = compare.user_attrs.get("sparsity") or {}
+        cx = [(i, 100 * other[n]) for i, n in enumerate(names) if n in other]
+        if cx:
+            h = compare.user_attrs.get("heuristic") or f"#{compare.number}"
+            ax.scatter([x for _, x in cx], [i for i, _ in cx], marker=_MARKERS.get(h, "o"),
+                       color=_COLORS.get(h, "tab:red"), zorder=3, label=f"{h} (#{compare.number})")
+    ax.set_yticks(ys, labels=names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("sparsity (% of the layer's weights or channels removed)")
+    ax.set_title(f"Per-layer sparsity of the best trial (#{best.number})")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# the Markdown report
+
+
+def _row(label: str, t: FrozenTrial | None, attrs: dict[str, Any], total: int | None,
+         val_size: int | None) -> str:
+    if t is None:
+        return f"| {label} | — | — | — | — | — | — | — |"
+    val = _val(t)
+    se = standard_error(val, val_size) if val_size else None
+    params = t.user_attrs.get("params")
+    comp = f"{total / max(params, 1):.1f}×" if total and isinstance(params, (int, float)) else "—"
+    retrain = (t.user_attrs.get("recipe") or {}).get("retrain") or {}
+    lr = retrain.get("lr")
+    return (
+        f"| {label} | #{t.number} | {t.user_attrs.get('strategy', '—')} | {_pct(val)} | "
+        f"{'—' if se is None else f'±{100 * se:.2f}'} | {_pct(_test_accuracy(attrs, t.number))} | "
+        f"{_int(params)} | {comp} | {'—' if lr is None else f'{lr:.3g}'} |"
+    )
+
+
+def write_report(
+    study: optuna.Study,
+    out_dir: str | os.PathLike,
+    *,
+    storage: str | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write ``out_dir/report.md`` and ``out_dir/plots/*.png`` for ``study``; return the
+    report's path. ``storage`` is shown (password masked) so readers can open the study."""
+    from sparsesearch.search import mask_url
+
+    out = Path(out_dir)
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    attrs = dict(study.user_attrs)
+    settings = attrs.get("settings") or {}
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    counts = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
+    multi = len(study.directions) > 1
+    total = attrs.get("total_params")
+    budget = attrs.get("budget_params")
+    val_size = attrs.get("val_size")
+    dense_val = attrs.get("dense_val_accuracy")
+    dense_test = attrs.get("dense_test_accuracy")
+    best = _best(study, complete)
+    heur = _heuristic_bests(complete)
+
+    images = [("Optimisation history", plot_history(study, plots / "history.png"))]
+    images.append(("Validation accuracy vs remaining parameters",
+                   plot_accuracy_vs_params(study, plots / "accuracy_vs_params.png")))
+    best_heur = max(heur.values(), key=lambda t: (_val(t), -t.number)) if heur else None
+    if best is not None and best.user_attrs.get("sparsity"):
+        images.append(("Per-layer sparsity of the best trial",
+                       plot_layer_sparsity(best, plots / "layer_sparsity.png",
+                                           compare=best_heur if best_heur is not best else None)))
+
+    lines: list[str] = []
+    add = lines.append
+    add(f"# {title or 'sparsesearch report'}: {study.study_name}")
+    add("")
+    add(f"Generated {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')} from the stored "
+        "study alone (nothing was re-evaluated).")
+    add("")
+    if storage:
+        add(f"- Storage: `{mask_url(storage)}`, study `{study.study_name}`")
+    if settings:
+        add(f"- Model `{settings.get('model', '?')}` on data `{settings.get('data', '?')}`, "
+            f"strategies {', '.join(f'`{s}`' for s in settings.get('strategies', [])) or '?'}, "
+            f"objective `{settings.get('objective', 'accuracy')}`, seed {settings.get('seed', '?')}")
+    if isinstance(budget, (int, float)) and isinstance(total, (int, float)) and total:
+        add(f"- Budget: at most {int(budget):,} of {int(total):,} parameters remain "
+            f"({100 * budget / total:.2f} % kept, {total / max(budget, 1):.1f}× compression), counted "
+            "over the whole model")
+    add("- Trials: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n) if trials else "- Trials: none yet")
+    if isinstance(dense_val, (int, float)):
+        add(f"- Dense model: validation {_pct(dense_val)}, test {_pct(dense_test)}")
+    add("")
+
+    add("## Best trial vs the heuristics")
+    add("")
+    if best is None:
+        add("No COMPLETE trial yet.")
+    else:
+        add("Each heuristic seed is the best of its enqueued trials (it is tried at several "
+            "learning rates). Test accuracy is measured for the best trial only; nothing is "
+            "selected on it.")
+        add("")
+        add("| | trial | strategy | val accuracy | ±SE (pts) | test accuracy | params | compression | lr |")
+        add("|---|---|---|---|---|---|---|---|---|")
+        if isinstance(dense_val, (int, float)):
+            se = standard_error(dense_val, val_size) if val_size else None
+            add(f"| dense | — | — | {_pct(dense_val)} | {'—' if se is None else f'±{100 * se:.2f}'} | "
+                f"{_pct(dense_test)} | {_int(total)} | 1.0× | — |")
+        label = "**best**" + (f" ({best.user_attrs['heuristic']} seed)" if best.user_attrs.get("heuristic") else "")
+        add(_row(label, best, attrs, total, val_size))
+        for h, t in heur.items():
+            add(_row(h, t, attrs, total, val_size))
+        add("")
+
+    add("## How noisy is selection on validation?")
+    add("")
+    if isinstance(val_size, int) and val_size > 0 and best is not None:
+        p = _val(best)
+        se = standard_error(p, val_size)
+        add(f"The validation split has **{val_size:,}** samples. At the best trial's accuracy "
+            f"p = {100 * p:.2f} % the standard error is sqrt(p(1−p)/n) = **{100 * se:.2f} "
+            "percentage points**.")
+        if best_heur is not None:
+            gap = p - _val(best_heur)
+            add(f"The best trial is {100 * gap:+.2f} points from the best heuristic "
+                f"({best_heur.user_attrs['heuristic']}, #{best_heur.number}), "
+                f"{gap / se if se > 0 else float('nan'):.1f} standard errors.")
+        add("")
+        add(f"The best of {len(complete)} trials is chosen on this split, so its validation accuracy "
+            "is biased upwards (winner's curse): gaps of one or two standard errors may be noise. "
+            "The test accuracy, measured once for the best trial, is the unbiased estimate.")
+    else:
+        add("The validation split size is not recorded in this study (it was not created by "
+            "sparsesearch.search), or there is no COMPLETE trial.")
+    add("")
+
+    add("## Plots")
+    add("")
+    for caption, path in images:
+        add(f"### {caption}")
+        add("")
+        add(f"![{caption}]({path.relative_to(out).as_posix()})")
+        add("")
+
+    if multi:
+        add("## Pareto front (validation accuracy, remaining parameters)")
+        add("")
+        add("Optuna's pruners do not work in multi-objective studies: every trial ran to the end.")
+        add("")
+        add("| trial | val accuracy | params | compression | heuristic |")
+        add("|---|---|---|---|---|")
+        for t in sorted(study.best_trials, key=lambda t: t.values[1] if len(t.values) > 1 else 0):
+            params = t.user_attrs.get("params")
+            comp = f"{total / max(params, 1):.1f}×" if total and isinstance(params, (int, float)) else "—"
+            add(f"| #{t.number} | {_pct(_val(t))} | {_int(params)} | {comp} | "
+                f"{t.user_attrs.get('heuristic') or ''} |")
+        add("")
+        add("Export any point with `sparsesearch export ... --trial N --out PATH`.")
+        add("")
+
+    if best is not None:
+        add(f"## The best trial (#{best.number})")
+        add("")
+        recipe = best.user_attrs.get("recipe") or {}
+        retrain = recipe.get("retrain") or {}
+        if retrain:
+            add("Fine-tuning: " + ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+                                            for k, v in retrain.items()))
+            add("")
+        sparsity = best.user_attrs.get("sparsity") or {}
+        if sparsity:
+            add("| layer | sparsity | kept |")
+            add("|---|---|---|")
+            for name, s in sparsity.items():
+                add(f"| `{name}` | {100 * s:.2f} % | {100 * (1 - s):.2f} % |")
+            add("")
+        add("Replay it with `sparsesearch export` (the model and its recipe JSON) or "
+            "`sparsesearch.apply_recipe(dense_model, recipe, data)`.")
+        add("")
+
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    if failed:
+        add(f"## Failed trials ({len(failed)})")
+        add("")
+        for t in failed[:10]:
+            reason = " ".join(str(t.user_attrs.get("fail_reason", "no reason stored")).split())
+            add(f"- #{t.number}: {reason[:300]}")
+        if len(failed) > 10:
+            add(f"- … and {len(failed) - 10} more (`optuna trials` lists them)")
+        add("")
+
+    if storage:
+        add("## Open the study elsewhere")
+        add("")
+        add("It is a plain Optuna study:")
+        add("")
+        add("```sh")
+        add(f"optuna-dashboard '{mask_url(storage)}'")
+        add(f"optuna trials --storage '{mask_url(storage)}' --study-name '{study.study_name}'")
+        add("```")
+        add("")
+
+    report = out / "report.md"
+    report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    return report

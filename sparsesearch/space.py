@@ -1,0 +1,183 @@
+"""The search space: which retrain settings and allocations a study searches.
+
+Each dimension is either fixed (a scalar, or a one-element list) or searched: a two-element
+``[low, high]`` range for numbers (learning rate and weight decay on a log scale), a list of
+choices for ``optimizer``. Unknown keys are refused naming the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from typing import Any, Mapping
+
+from sparsesearch.errors import SparsesearchError
+
+__all__ = ["SearchSpace"]
+
+Range = tuple[float, float]
+
+
+def _closest(key: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(key, valid, n=1)
+    return f"; did you mean {match[0]!r}?" if match else f"; valid keys: {', '.join(valid)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """Search dimensions. Numbers: a scalar (fixed) or ``(low, high)`` (searched).
+
+    Attributes:
+        lr: fine-tuning learning rate, log scale.
+        epochs: fine-tuning epochs (int).
+        optimizer: ``"sgd"`` (with momentum) and/or ``"adamw"``; a list is a choice.
+        weight_decay: log scale when a range with low > 0; ``0`` = off.
+        prune_steps: 1 = one-shot; k = k rounds of prune + retrain.
+        kd_weight: knowledge distillation weight from the dense model, 0 = off.
+        kd_temperature: distillation temperature.
+        allocation: search per-layer sparsity (True) or only the heuristics' allocations.
+        min_sparsity / max_sparsity: per-layer limits every allocation respects.
+        batch_size: fine-tuning batch size (fixed).
+        heuristic_lrs: learning rates each heuristic seed is enqueued at (default: 3 rates
+            spread over the ``lr`` range, or the fixed ``lr``).
+    """
+
+    lr: float | Range = (0.005, 0.2)
+    epochs: int | tuple[int, int] = 3
+    optimizer: str | tuple[str, ...] = "sgd"
+    weight_decay: float | Range = 0.0
+    prune_steps: int | tuple[int, int] = 1
+    kd_weight: float | Range = 0.0
+    kd_temperature: float | Range = 4.0
+    allocation: bool = True
+    min_sparsity: float = 0.0
+    max_sparsity: float = 0.999
+    batch_size: int = 128
+    heuristic_lrs: tuple[float, ...] | None = None
+
+    @classmethod
+    def from_mapping(cls, space: Mapping[str, Any] | "SearchSpace" | None) -> "SearchSpace":
+        if space is None:
+            return cls()
+        if isinstance(space, SearchSpace):
+            return space
+        valid = [f.name for f in dataclasses.fields(cls)]
+        kwargs: dict[str, Any] = {}
+        for key, value in space.items():
+            if key not in valid:
+                raise SparsesearchError(f"unknown search space key {key!r}{_closest(key, valid)}")
+            if isinstance(value, list):
+                value = tuple(value)
+            if isinstance(value, tuple) and len(value) == 1 and key != "heuristic_lrs":
+                value = value[0]
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "epochs", "weight_decay", "prune_steps", "kd_weight", "kd_temperature"):
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                if len(value) != 2 or not all(isinstance(v, (int, float)) for v in value):
+                    raise SparsesearchError(f"{name} must be a number or [low, high], got {value!r}")
+                lo, hi = value
+                if lo > hi:
+                    raise SparsesearchError(f"{name} range has low > high: {value!r}")
+            elif not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise SparsesearchError(f"{name} must be a number or [low, high], got {value!r}")
+        for name, lo_ok in (("lr", lambda v: v > 0), ("epochs", lambda v: v >= 0),
+                            ("weight_decay", lambda v: v >= 0), ("prune_steps", lambda v: v >= 1),
+                            ("kd_weight", lambda v: 0 <= v <= 1), ("kd_temperature", lambda v: v > 0)):
+            for v in self._values(name):
+                if not lo_ok(v):
+                    raise SparsesearchError(f"search space {name} out of range: {name}={getattr(self, name)!r}")
+        for opt in self.optimizers:
+            if opt not in ("sgd", "adamw"):
+                raise SparsesearchError(f"unknown optimizer {opt!r}; use 'sgd' or 'adamw'")
+        if not 0 <= self.min_sparsity <= self.max_sparsity < 1:
+            raise SparsesearchError(
+                f"need 0 <= min_sparsity <= max_sparsity < 1, got "
+                f"min_sparsity={self.min_sparsity!r}, max_sparsity={self.max_sparsity!r}"
+            )
+        if self.batch_size < 1:
+            raise SparsesearchError(f"batch_size must be >= 1, got batch_size={self.batch_size!r}")
+
+    def _values(self, name: str) -> tuple[float, ...]:
+        v = getattr(self, name)
+        return tuple(v) if isinstance(v, tuple) else (v,)
+
+    @property
+    def optimizers(self) -> tuple[str, ...]:
+        return self.optimizer if isinstance(self.optimizer, tuple) else (self.optimizer,)
+
+    def is_searched(self, name: str) -> bool:
+        if name == "optimizer":
+            return len(self.optimizers) > 1
+        v = getattr(self, name)
+        return isinstance(v, tuple) and v[0] != v[1]
+
+    def searched(self) -> list[str]:
+        dims = ["lr", "epochs", "optimizer", "weight_decay", "prune_steps", "kd_weight", "kd_temperature"]
+        return [d for d in dims if self.is_searched(d)]
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """Retrain settings for one Optuna trial (searched dims suggested, fixed ones as is)."""
+        out: dict[str, Any] = {}
+        for name, kind in (("lr", "log"), ("weight_decay", "log"), ("kd_weight", "float"),
+                           ("kd_temperature", "float"), ("epochs", "int"), ("prune_steps", "int")):
+            v = getattr(self, name)
+            if not self.is_searched(name):
+                out[name] = v[0] if isinstance(v, tuple) else v
+            elif kind == "int":
+                out[name] = trial.suggest_int(name, int(v[0]), int(v[1]))
+            elif kind == "log" and v[0] > 0:
+                out[name] = trial.suggest_float(name, float(v[0]), float(v[1]), log=True)
+            else:
+                out[name] = trial.suggest_float(name, float(v[0]), float(v[1]))
+        out["optimizer"] = (
+            trial.suggest_categorical("optimizer", list(self.optimizers))
+            if self.is_searched("optimizer") else self.optimizers[0]
+        )
+        out["batch_size"] = self.batch_size
+        return out
+
+    def seed_values(self) -> list[dict[str, Any]]:
+        """Settings the heuristic seeds are enqueued with: one dict per learning rate.
+        Searched dims take their most generous / neutral value (max epochs, no KD)."""
+        base: dict[str, Any] = {}
+        for name in ("epochs", "weight_decay", "prune_steps", "kd_weight", "kd_temperature"):
+            v = getattr(self, name)
+            if self.is_searched(name):
+                base[name] = {"epochs": v[1], "weight_decay": v[0], "prune_steps": v[0],
+                              "kd_weight": v[0], "kd_temperature": (v[0] + v[1]) / 2}[name]
+        if self.is_searched("optimizer"):
+            base["optimizer"] = self.optimizers[0]
+        if self.heuristic_lrs is not None:
+            lrs = list(self.heuristic_lrs)
+        elif self.is_searched("lr"):
+            lo, hi = self.lr  # type: ignore[misc]
+            n = 3
+            lrs = [lo * (hi / lo) ** ((i + 0.5) / n) for i in range(n)]
+        else:
+            lrs = [None]
+        out = []
+        for lr in lrs:
+            d = dict(base)
+            if lr is not None and self.is_searched("lr"):
+                lo, hi = self.lr  # type: ignore[misc]
+                d["lr"] = min(max(float(lr), lo), hi)
+            out.append(d)
+        # different fixed lr values are only possible when lr is searched
+        unique = []
+        for d in out:
+            if d not in unique:
+                unique.append(d)
+        return unique
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def log_grid(lo: float, hi: float, n: int) -> list[float]:
+    return [math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * (i + 0.5) / n) for i in range(n)]

@@ -1,0 +1,344 @@
+"""Training: dense training (cached once per study), fine-tuning with a per-epoch callback,
+evaluation, and in-memory batching. The only module in sparsesearch that runs training loops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from sparsesearch.data import Splits, TensorSplit
+
+__all__ = [
+    "FitResult",
+    "NonFiniteLossError",
+    "evaluate",
+    "fit",
+    "iterate_batches",
+    "resolve_device",
+    "train_dense",
+]
+
+OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULES = ("cosine", "constant")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite (usually: the learning rate is too high)."""
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What :func:`fit` did.
+
+    Attributes:
+        epochs_run: completed epochs.
+        val_accuracy: validation accuracy after the last epoch (None without ``val_data``).
+        history: validation accuracy after each epoch.
+        train_loss: mean training loss of the last epoch (None when no epoch ran).
+    """
+
+    epochs_run: int
+    val_accuracy: float | None
+    history: list[float]
+    train_loss: float | None
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"cpu"``, ``"cuda"`` / ``"cuda:N"``, or ``"auto"`` (CUDA when available, else CPU)."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device=}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device=}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{device=} but CUDA is not available here; use device='cpu' or 'auto'")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device=}")
+    return resolved
+
+
+def iterate_batches(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(x, y)`` batches on ``device`` (``y`` as int64).
+
+    A :class:`TensorSplit` is batched by indexing its tensors with a permutation drawn from
+    ``generator`` (no per-sample work); any other torch Dataset goes through a DataLoader
+    with ``num_workers=0``. The last batch may be smaller.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size=}")
+    device = resolve_device(device)
+    if isinstance(dataset, TensorSplit):
+        n = len(dataset)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        order = order.to(dataset.x.device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield dataset.x[idx].to(device), dataset.y[idx].to(device)
+        return
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0
+    )
+    for x, y in loader:
+        yield x.to(device), torch.as_tensor(y).to(device=device, dtype=torch.int64)
+
+
+def _on(dataset: Dataset | None, device: torch.device) -> Dataset | None:
+    """Move a TensorSplit to ``device`` once, so batches need no copies."""
+    return dataset.to(device) if isinstance(dataset, TensorSplit) else dataset
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int = 1024,
+    device: str | torch.device = "cpu",
+) -> float:
+    """Top-1 accuracy of ``model`` on ``dataset``, in [0, 1] (eval mode, no grad).
+
+    The model is moved to ``device``; its previous train/eval mode is restored.
+    """
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ValueError("cannot evaluate on an empty dataset")
+    device = resolve_device(device)
+    model.to(device)
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    total = 0
+    try:
+        with torch.no_grad():
+            for x, y in iterate_batches(_on(dataset, device), batch_size, shuffle=False, device=device):
+                correct += (model(x).argmax(dim=1) == y).sum()
+                total += len(y)
+    finally:
+        model.train(was_training)
+    return float(correct.item()) / total
+
+
+def _check_fit_args(
+    *, epochs, lr, optimizer, weight_decay, momentum, batch_size, kd_weight, kd_temperature,
+    teacher, lr_schedule, train_data,
+) -> None:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs=}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr=}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown {optimizer=}; valid: {', '.join(OPTIMIZERS)}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown {lr_schedule=}; valid: {', '.join(LR_SCHEDULES)}")
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay=}")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum=}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size=}")
+    if not 0 <= kd_weight <= 1:
+        raise ValueError(f"kd_weight must be in [0, 1], got {kd_weight=}")
+    if kd_weight > 0 and teacher is None:
+        raise ValueError(f"{kd_weight=} needs a teacher model")
+    if not kd_temperature > 0:
+        raise ValueError(f"kd_temperature must be > 0, got {kd_temperature=}")
+    if len(train_data) == 0:
+        raise ValueError("train_data is empty")
+
+
+def _kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s distillation term: T² · KL(p_teacher,T ‖ p_student,T), batch mean."""
+    return F.kl_div(
+        F.log_softmax(student / temperature, dim=1),
+        F.log_softmax(teacher / temperature, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (temperature**2)
+
+
+def fit(
+    model: nn.Module,
+    train_data: Dataset,
+    *,
+    epochs: int,
+    lr: float,
+    optimizer: str = "sgd",
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    val_data: Dataset | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+    teacher: nn.Module | None = None,
+    kd_weight: float = 0.0,
+    kd_temperature: float = 4.0,
+    after_step: Callable[[], None] | None = None,
+    lr_schedule: str = "cosine",
+) -> FitResult:
+    """Train ``model`` in place with cross-entropy (plus distillation from ``teacher``).
+
+    ``optimizer``: ``"sgd"`` (momentum, not Nesterov) or ``"adamw"``; the learning rate
+    follows ``lr_schedule`` per step (``"cosine"`` to zero over all steps, or ``"constant"``).
+    With ``kd_weight`` w > 0 the loss is ``(1-w)·CE + w·T²·KL(teacher_T ‖ student_T)``, the
+    teacher in eval mode without gradients. ``after_step()`` runs after every optimizer step
+    (e.g. to re-apply masks). With ``val_data``, ``on_epoch(epoch, val_accuracy)`` runs after
+    each epoch and may raise to stop training; without ``val_data`` it is not called. Deterministic for ``seed`` on CPU; the global
+    RNG state is restored afterwards. Raises :class:`NonFiniteLossError` on a NaN/inf loss.
+    """
+    _check_fit_args(
+        epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
+        batch_size=batch_size, kd_weight=kd_weight, kd_temperature=kd_temperature,
+        teacher=teacher, lr_schedule=lr_schedule, train_data=train_data,
+    )
+    device = resolve_device(device)
+    model.to(device)
+    train_data, val_data = _on(train_data, device), _on(val_data, device)
+    distil = teacher is not None and kd_weight > 0
+    if distil:
+        teacher.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False
+        )
+    else:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    total_steps = max(1, epochs * math.ceil(len(train_data) / batch_size))
+    if lr_schedule == "cosine":
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        )
+    else:
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+
+    history: list[float] = []
+    train_loss: float | None = None
+    was_training = model.training
+    teacher_was_training = teacher.training if distil else False
+    generator = torch.Generator().manual_seed(seed)
+    cuda_devices = []
+    if device.type == "cuda":
+        cuda_devices = [torch.cuda.current_device() if device.index is None else device.index]
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(seed)
+        try:
+            for epoch in range(epochs):
+                model.train()
+                if distil:
+                    teacher.eval()
+                loss_sum = torch.zeros((), device=device)
+                seen = 0
+                batches = iterate_batches(
+                    train_data, batch_size, shuffle=True, generator=generator, device=device
+                )
+                for batch, (x, y) in enumerate(batches):
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y)
+                    if distil:
+                        with torch.no_grad():
+                            teacher_logits = teacher(x)
+                        kd = _kd_loss(logits, teacher_logits, kd_temperature)
+                        loss = (1 - kd_weight) * loss + kd_weight * kd
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLossError(
+                            f"loss is {loss.item()} at epoch {epoch}, batch {batch} "
+                            f"({lr=}, {optimizer=}); lower the learning rate"
+                        )
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    schedule.step()
+                    if after_step is not None:
+                        after_step()
+                    loss_sum += loss.detach() * len(y)
+                    seen += len(y)
+                train_loss = float(loss_sum.item()) / max(seen, 1)
+                if val_data is not None:
+                    acc = evaluate(model, val_data, device=device)
+                    history.append(acc)
+                    if on_epoch is not None:
+                        on_epoch(epoch, acc)
+        finally:
+            model.train(was_training)
+            if distil:
+                teacher.train(teacher_was_training)
+    return FitResult(
+        epochs_run=epochs,
+        val_accuracy=history[-1] if history else None,
+        history=history,
+        train_loss=train_loss,
+    )
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def train_dense(
+    model: nn.Module,
+    splits: Splits,
+    *,
+    epochs: int,
+    lr: float,
+    optimizer: str = "sgd",
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    weight_decay: float = 0.0,
+    cache_path: str | os.PathLike | None = None,
+) -> nn.Module:
+    """Train ``model`` densely on ``splits.train`` (in place) and return it.
+
+    With ``cache_path``: when the file exists, its state_dict is loaded (``weights_only``)
+    instead of training; otherwise the trained weights are written there atomically. A file
+    lock next to it lets concurrent workers train once and share the result. The caller picks
+    a path that identifies the model, data and training settings.
+    """
+    from sparsesearch.models import load_checkpoint
+
+    device = resolve_device(device)
+
+    def train() -> nn.Module:
+        fit(
+            model, splits.train, epochs=epochs, lr=lr, optimizer=optimizer,
+            weight_decay=weight_decay, batch_size=batch_size, seed=seed, device=device,
+        )
+        return model
+
+    if cache_path is None:
+        return train()
+    path = Path(cache_path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock
+
+    with FileLock(str(path) + ".lock"):
+        if path.is_file():
+            return load_checkpoint(model, path).to(device)
+        train()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            torch.save(_cpu_state(model), tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return model

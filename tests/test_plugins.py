@@ -1,0 +1,214 @@
+"""The plugin registry: built-ins through entry points, a throwaway third-party distribution,
+clear load errors, duplicate names, and SPARSESEARCH_DISABLE_PLUGINS."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import sparsesearch
+from sparsesearch import plugins
+from sparsesearch.errors import PluginError, StrategyError
+
+BUILTINS = {
+    # name: (granularity, requires_data)
+    "magnitude": ("weight", False),
+    "random": ("weight", False),
+    "l1-filter": ("channel", False),
+    "gradient": ("weight", True),
+}
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry(monkeypatch):
+    """Every test starts from, and leaves behind, the normal registry."""
+    monkeypatch.delenv(plugins.DISABLE_ENV, raising=False)
+    plugins.reset_plugins()
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if name.startswith("ssplug_"):
+            del sys.modules[name]
+    plugins.reset_plugins()
+
+
+def write_distribution(
+    root: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]
+) -> None:
+    """A minimal installed distribution in ``root``: ``<dist>-0.1.dist-info`` plus modules."""
+    info = root / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    lines = ["[sparsesearch]"] + [f"{k} = {v}" for k, v in entry_points.items()]
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    for module, source in modules.items():
+        (root / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+FIFTH = """
+    import torch
+    import sparsesearch
+
+
+    class Fifth(sparsesearch.Strategy):
+        name = "fifth"
+        granularity = "weight"
+        description = "prunes the largest weights (a test plugin)"
+
+        def score(self, layer, context):
+            return -layer.weight.abs()
+
+
+    @sparsesearch.hookimpl
+    def sparsesearch_register_strategies(register):
+        register(Fifth())
+"""
+
+
+def install(monkeypatch, tmp_path, dist, entry_points, modules):
+    write_distribution(tmp_path, dist, entry_points, modules)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins.reset_plugins()
+
+
+def test_builtin_strategies_come_from_the_sparsesearch_distribution():
+    infos = {info.name: info for info in sparsesearch.list_strategies()}
+    ours = {name for name, info in infos.items() if info.distribution == "sparsesearch"}
+    assert ours == set(BUILTINS)
+    for name, (granularity, requires_data) in BUILTINS.items():
+        info = infos[name]
+        assert info.plugin == name  # the entry-point name
+        assert info.granularity == granularity
+        assert info.requires_data is requires_data
+        assert info.strategy.name == name
+        assert info.strategy.description
+        assert type(info.strategy).__module__.startswith("sparsesearch_builtin.")
+    names = [info.name for info in sparsesearch.list_strategies()]
+    assert names == sorted(names)
+    assert sparsesearch.get_strategy("l1-filter") is infos["l1-filter"]
+
+
+def test_a_third_party_distribution_adds_a_fifth_strategy(monkeypatch, tmp_path):
+    install(monkeypatch, tmp_path, "fifth-strategy", {"fifth": "ssplug_fifth"}, {"ssplug_fifth": FIFTH})
+    infos = {info.name: info for info in sparsesearch.list_strategies()}
+    assert set(BUILTINS) | {"fifth"} <= set(infos)
+    fifth = infos["fifth"]
+    assert fifth.distribution == "fifth-strategy"
+    assert fifth.plugin == "fifth"
+    assert fifth.granularity == "weight" and not fifth.requires_data
+    assert infos["magnitude"].distribution == "sparsesearch"
+
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 5)
+    weights = layer.weight.detach().clone()
+    sparsesearch.prune(layer, "fifth", 0.4)
+    pruned = layer.weight.detach() == 0
+    assert int(pruned.sum()) == 12
+    # the plugin's score was used: the 12 *largest* |w| are gone
+    largest = torch.topk(weights.abs().flatten(), 12).indices
+    assert set(torch.nonzero(pruned.flatten()).flatten().tolist()) == set(largest.tolist())
+
+
+def test_after_reset_the_throwaway_distribution_is_gone(monkeypatch, tmp_path):
+    with monkeypatch.context() as m:
+        install(m, tmp_path, "fifth-strategy", {"fifth": "ssplug_gone"}, {"ssplug_gone": FIFTH})
+        assert "fifth" in {i.name for i in sparsesearch.list_strategies()}
+    plugins.reset_plugins()
+    assert "fifth" not in {i.name for i in sparsesearch.list_strategies()}
+
+
+def test_a_plugin_that_fails_to_import_names_plugin_and_distribution(monkeypatch, tmp_path):
+    broken = "import ssplug_not_installed_anywhere  # ImportError\n"
+    install(monkeypatch, tmp_path, "broken-dist", {"broken-one": "ssplug_broken"}, {"ssplug_broken": broken})
+    with pytest.raises(PluginError) as err:
+        sparsesearch.list_strategies()
+    message = str(err.value)
+    assert "'broken-one'" in message
+    assert "broken-dist" in message
+    assert "ssplug_not_installed_anywhere" in message
+    assert "SPARSESEARCH_DISABLE_PLUGINS=broken-one" in message
+    assert isinstance(err.value.__cause__, ImportError)
+    # the advice works: disabling it loads the rest
+    monkeypatch.setenv(plugins.DISABLE_ENV, "broken-one")
+    plugins.reset_plugins()
+    assert set(BUILTINS) <= {i.name for i in sparsesearch.list_strategies()}
+
+
+def test_two_strategies_with_the_same_name_name_both_sources(monkeypatch, tmp_path):
+    clash = FIFTH.replace('name = "fifth"', 'name = "magnitude"')
+    install(monkeypatch, tmp_path, "clash-dist", {"clasher": "ssplug_clash"}, {"ssplug_clash": clash})
+    with pytest.raises(PluginError) as err:
+        sparsesearch.list_strategies()
+    message = str(err.value)
+    assert "'magnitude'" in message
+    assert "'clasher'" in message and "clash-dist" in message
+    assert "sparsesearch)" in message  # the built-in's distribution
+    assert "twice" in message
+
+
+def test_two_entry_points_with_the_same_name(monkeypatch, tmp_path):
+    install(monkeypatch, tmp_path, "twin-dist", {"magnitude": "ssplug_twin"}, {"ssplug_twin": FIFTH})
+    with pytest.raises(PluginError, match="two plugins named 'magnitude'") as err:
+        sparsesearch.list_strategies()
+    message = str(err.value)
+    assert "twin-dist" in message and "from sparsesearch" in message
+    assert "ssplug_twin" in message and "sparsesearch_builtin.magnitude" in message
+
+
+def test_a_plugin_registering_a_bad_strategy(monkeypatch, tmp_path):
+    bad = FIFTH.replace('granularity = "weight"', 'granularity = "filters"')
+    install(monkeypatch, tmp_path, "bad-dist", {"bad": "ssplug_bad"}, {"ssplug_bad": bad})
+    with pytest.raises(PluginError) as err:
+        sparsesearch.list_strategies()
+    assert "granularity='filters'" in str(err.value)
+    assert "'bad'" in str(err.value) and "bad-dist" in str(err.value)
+
+
+def test_a_plugin_with_a_misspelled_hook_argument(monkeypatch, tmp_path):
+    wrong = FIFTH.replace(
+        "def sparsesearch_register_strategies(register):\n        register(Fifth())",
+        "def sparsesearch_register_strategies(registr):\n        registr(Fifth())",
+    )
+    install(monkeypatch, tmp_path, "typo-dist", {"typo": "ssplug_typo"}, {"ssplug_typo": wrong})
+    with pytest.raises(PluginError, match="'typo'.*typo-dist"):
+        sparsesearch.list_strategies()
+
+
+def test_disable_plugins_environment_variable(monkeypatch):
+    monkeypatch.setenv(plugins.DISABLE_ENV, " random , gradient ")
+    plugins.reset_plugins()
+    names = {info.name for info in sparsesearch.list_strategies()}
+    assert {"magnitude", "l1-filter"} <= names
+    assert not names & {"random", "gradient"}
+    with pytest.raises(StrategyError, match="unknown strategy 'random'"):
+        sparsesearch.get_strategy("random")
+    monkeypatch.delenv(plugins.DISABLE_ENV)
+    plugins.reset_plugins()
+    assert set(BUILTINS) <= {info.name for info in sparsesearch.list_strategies()}
+
+
+def test_register_plugin_at_run_time():
+    class Ones(sparsesearch.Strategy):
+        name = "ones-at-runtime"
+
+        def score(self, layer, context):
+            return torch.ones_like(layer.weight)
+
+    class Plugin:
+        @sparsesearch.hookimpl
+        def sparsesearch_register_strategies(self, register):
+            register(Ones())
+
+    plugins.register_plugin(Plugin(), name="runtime-plugin")
+    info = sparsesearch.get_strategy("ones-at-runtime")
+    assert info.plugin == "runtime-plugin"
+    assert info.distribution == "(registered at run time)"
+    layer = nn.Linear(3, 2)
+    sparsesearch.prune(layer, "ones-at-runtime", 0.5)
+    # all ties: lowest flat indices go first
+    assert (layer.weight.detach().flatten() == 0).tolist() == [True, True, True, False, False, False]
