@@ -79,6 +79,22 @@ def _mask_param(module: nn.Module, name: str) -> Mask | None:
     return None
 
 
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized module a class of its own before its parametrizations change.
+
+    ``torch.nn.utils.parametrize`` keeps a parametrized tensor as a property on a class made
+    for the module (``ParametrizedLinear``), and ``copy.deepcopy`` gives the copy that *same*
+    class. Adding or removing a parametrization edits the class, so doing it to a copy would
+    break the original (``make_permanent(copy.deepcopy(model))`` deletes the original's
+    ``weight``). A private clone of the class keeps copies independent.
+    """
+    if not parametrize.is_parametrized(module):
+        return
+    cls = type(module)
+    attrs = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, attrs)
+
+
 def is_masked(module: nn.Module) -> bool:
     return _mask_param(module, "weight") is not None
 
@@ -112,6 +128,7 @@ def apply_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight") -> N
         tensor_param = getattr(module, name)
         if isinstance(tensor_param, nn.Parameter):
             tensor_param.mul_(mask)
+    _own_class(module)
     parametrize.register_parametrization(module, name, Mask(mask))
 
 
@@ -133,6 +150,7 @@ def make_permanent(model: nn.Module) -> nn.Module:
             continue
         for name in list(module.parametrizations.keys()):
             if _mask_param(module, name) is not None:
+                _own_class(module)
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return model
 

@@ -4,7 +4,7 @@ A recipe is plain JSON (``Recipe.to_json`` / ``Recipe.from_json``)::
 
     {"format": "sparsesearch.recipe/1", "strategy": "magnitude", "granularity": "weight",
      "sparsity": {"fc1": 0.99, ...}, "retrain": {"lr": 0.05, "epochs": 3, ...},
-     "seed": 123, "score": {"num_batches": 8, "seed": 0}, "strategy_params": {},
+     "seed": 123, "data_seed": 0, "score": {"num_batches": 8, "seed": 0}, "strategy_params": {},
      "budget_params": 4312, "params": 4310, "total_params": 431080}
 
 :func:`apply_recipe` prunes a dense model at exactly those per-layer amounts, with the same
@@ -65,6 +65,7 @@ class Recipe:
     sparsity: dict[str, float]
     retrain: RetrainSettings = RetrainSettings()
     seed: int = 0
+    data_seed: int = 0
     granularity: str = "weight"
     score: dict[str, Any] = dataclasses.field(
         default_factory=lambda: {"num_batches": DEFAULT_GRADIENT_BATCHES, "seed": 0}
@@ -165,7 +166,7 @@ def apply_recipe(
             f"recipe says granularity {recipe.granularity!r} but strategy {recipe.strategy!r} "
             f"is {strategy.granularity!r}"
         )
-    splits = as_splits(data, seed=recipe.seed)
+    splits = as_splits(data, seed=recipe.data_seed)
     work = model if inplace else copy.deepcopy(model)
     work.to(device)
     if teacher is None and recipe.retrain.kd_weight > 0:

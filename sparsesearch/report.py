@@ -101,8 +101,12 @@ def _heuristic_bests(complete: Sequence[FrozenTrial]) -> dict[str, FrozenTrial]:
             continue
         if h not in out or (_val(t), -t.number) > (_val(out[h]), -out[h].number):
             out[h] = t
+    return {h: out[h] for h in _ordered(set(out))}
+
+
+def _ordered(names: set[str]) -> list[str]:
     order = {h: i for i, h in enumerate(HEURISTIC_ORDER)}
-    return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0], 99), kv[0])))
+    return sorted(names, key=lambda h: (order.get(h, 99), h))
 
 
 def _best(study: optuna.Study, complete: Sequence[FrozenTrial]) -> FrozenTrial | None:
@@ -155,7 +159,7 @@ def plot_history(study: optuna.Study, path: Path) -> Path:
     if searched:
         ax.scatter([t.number for t in searched], [_val(t) for t in searched], s=18,
                    color="tab:blue", label="searched", zorder=3)
-    for h in sorted({t.user_attrs["heuristic"] for t in seeds}):
+    for h in _ordered({t.user_attrs["heuristic"] for t in seeds}):
         pts = [t for t in seeds if t.user_attrs["heuristic"] == h]
         ax.scatter([t.number for t in pts], [_val(t) for t in pts], s=40, marker=_MARKERS.get(h, "o"),
                    color=_COLORS.get(h, "tab:gray"), label=f"seed: {h}", zorder=4)
@@ -169,6 +173,10 @@ def plot_history(study: optuna.Study, path: Path) -> Path:
         for t in complete:
             best = max(best, _val(t))
             xs.append(t.number)
+            ys.append(best)
+        last_number = max(t.number for t in trials)
+        if last_number > xs[-1]:
+            xs.append(last_number)
             ys.append(best)
         ax.step(xs, ys, where="post", color="black", linewidth=1.2, label="best so far", zorder=5)
     values = [_val(t) for t in complete] + ([v for v in last] if pruned else [])
@@ -198,7 +206,7 @@ def plot_accuracy_vs_params(study: optuna.Study, path: Path) -> Path:
     if searched:
         ax.scatter([t.user_attrs["params"] for t in searched], [_val(t) for t in searched], s=18,
                    color="tab:blue", alpha=0.8, label="searched", zorder=3)
-    for h in sorted({t.user_attrs["heuristic"] for t in seeds}):
+    for h in _ordered({t.user_attrs["heuristic"] for t in seeds}):
         hp = [t for t in seeds if t.user_attrs["heuristic"] == h]
         ax.scatter([t.user_attrs["params"] for t in hp], [_val(t) for t in hp], s=44,
                    marker=_MARKERS.get(h, "o"), color=_COLORS.get(h, "tab:gray"),

@@ -212,6 +212,7 @@ class _Objective:
             sparsity=sparsity,
             retrain=RetrainSettings(**settings),
             seed=trial_seed,
+            data_seed=self.seed,
             granularity=strat.granularity,
             score={"num_batches": self.num_batches, "seed": self.seed},
             strategy_params=strategy_params,
@@ -279,8 +280,6 @@ def _make_sampler(seed: int, n_startup: int) -> optuna.samplers.BaseSampler:
         multivariate=True,
         group=True,
         constant_liar=True,
-        prior_weight=1.0,
-        gamma=optuna.samplers._tpe.sampler.default_gamma,
     )
 
 
@@ -511,7 +510,7 @@ def search(
     cbs.append(lambda s, t: _observe_trial(s, t))
     if max_complete is not None:
         cbs.append(optuna.study.MaxTrialsCallback(max_complete, states=(optuna.trial.TrialState.COMPLETE,)))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are logged once, by us
     study.optimize(
         obj, n_trials=n_trials, timeout=timeout, catch=(Exception,), callbacks=cbs,
         show_progress_bar=show_progress, gc_after_trial=False,

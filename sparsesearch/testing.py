@@ -99,7 +99,10 @@ _MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
 }
 
 
-def contract_models(seed: int = 0) -> dict[str, tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]]:
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def contract_models(seed: int = 0) -> dict[str, tuple[nn.Module, Batches]]:
     """The tiny models :func:`check_strategy` uses, each with a few random ``(x, y)`` batches.
 
     ``{"linear" | "conv1d" | "conv2d" | "conv3d": (model, batches)}``; the same ``seed`` gives
@@ -127,7 +130,11 @@ def contract_models(seed: int = 0) -> dict[str, tuple[nn.Module, list[tuple[torc
 
 def _describe(module: nn.Module) -> str:
     """``Conv2d(4, 8, k=3, groups=2)`` / ``Linear(6, 8)``: short enough for one line."""
-    kind = type(module).__name__
+    kind = next(
+        (c.__name__ for c in type(module).__mro__ if c in (nn.Linear, nn.Conv1d, nn.Conv2d,
+                                                         nn.Conv3d)),
+        type(module).__name__,
+    )  # "Linear" for a masked ParametrizedLinear too
     if isinstance(module, nn.Linear):
         return f"{kind}({module.in_features}, {module.out_features})"
     if isinstance(module, nn.modules.conv._ConvNd):
@@ -136,7 +143,7 @@ def _describe(module: nn.Module) -> str:
         extra = ""
         if module.groups > 1:
             depthwise = module.groups == module.in_channels
-            extra = f", groups={module.groups}" + (" (depthwise)" if depthwise else "")
+            extra = f", groups={module.groups}" + (", depthwise" if depthwise else "")
         if module.bias is None:
             extra += ", bias=False"
         return f"{kind}({module.in_channels}, {module.out_channels}, k={kernel}{extra})"
@@ -252,7 +259,11 @@ def _compare_model(
     for key, old in before["state"].items():
         new = now["state"][key]
         if new.shape != old.shape or not torch.equal(new, old):
-            part = "a bias" if key.endswith("bias") else "a weight" if "weight" in key else "a buffer"
+            part = "a buffer"
+            if "weight" in key:
+                part = "a weight"
+            elif key.endswith("bias"):
+                part = "a bias"
             raise StrategyContractError(f"{who} modified {part} of the model ({key!r}): {fix}")
     for key, old in before["grads"].items():
         new = now["grads"][key]
@@ -331,7 +342,7 @@ def _call_score(strategy: Strategy, layer: Layer, context: ScoreContext) -> Any:
 
 
 def _check_scores(strategy: Strategy, layer: Layer, scores: Any) -> torch.Tensor:
-    who = f"{_strategy_label(strategy)}: score() for {_describe(layer.module)} (layer {layer.name!r})"
+    who = f"{_strategy_label(strategy)}: score() for {_where(layer)}"
     expected = _expected(strategy, layer)
     if not isinstance(scores, torch.Tensor):
         raise StrategyContractError(
@@ -444,43 +455,57 @@ def _check_layers(strategy: Strategy, key: str, model: nn.Module, batches: list,
 
 
 def _check_engine(strategy: Strategy, key: str, model: nn.Module, batches: list, seed: int) -> None:
-    """sparsesearch.prune() with the strategy at 0.5 masks exactly half of every layer."""
+    """sparsesearch.prune() with the strategy masks exact counts: at 0.5, then again at 0.75
+    (gradual pruning, as ``prune_steps`` in a search: the second scoring sees masked layers)."""
     data = batches if strategy.requires_data else None
     channel = strategy.granularity == "channel"
     label = _strategy_label(strategy)
-    amount = 0.5
-    try:
-        prune(model, strategy, amount, data=data, seed=seed,
-              num_batches=len(batches), batch_size=BATCH_SIZE)
-    except Exception as exc:  # noqa: BLE001
-        raise StrategyContractError(
-            f"{label}: sparsesearch.prune() on the {key} test model at sparsity {amount} "
-            f"failed with {type(exc).__name__}: {exc}. The engine calls score() exactly as "
-            "check_strategy does; fix what the message names"
-        ) from exc
-    for layer in find_layers(model):
-        mask = get_mask(layer.module)
-        mask = torch.ones_like(layer.weight) if mask is None else mask.detach()
-        units = layer.out_channels if channel else layer.weight.numel()
-        want = 0 if (channel and layer.is_output) else num_to_prune(amount, units)
-        if channel:
-            rows = mask.flatten(1)
-            if not bool(((rows == 0).all(1) | (rows == 1).all(1)).all()):
-                raise StrategyContractError(
-                    f"{label}: after prune() at {amount}, {_where(layer)} has partially "
-                    "masked channels although granularity='channel': this is an engine bug, "
-                    "please report it"
-                )
-            pruned = int((rows == 0).all(1).sum())
-        else:
-            pruned = int((mask == 0).sum())
-        if pruned != want:
-            unit = "output channels" if channel else "weights"
-            raise StrategyContractError(
-                f"{label}: after prune() at sparsity {amount}, {_where(layer)} has {pruned} "
-                f"pruned {unit} but the engine promises exactly {want} of {units}: return "
-                "scores of the shape granularity asks for, one per unit (ties are fine)"
+    previous: dict[str, torch.Tensor] = {}
+    for amount in (0.5, 0.75):
+        try:
+            prune(model, strategy, amount, data=data, seed=seed,
+                  num_batches=len(batches), batch_size=BATCH_SIZE)
+        except Exception as exc:  # noqa: BLE001
+            again = (
+                " (the second time, on a model already pruned at 0.5: its layers are masked, "
+                "module.weight is then a parametrization, so read layer.weight, the effective "
+                "weight, rather than module._parameters or parametrization internals)"
+                if previous else ""
             )
+            raise StrategyContractError(
+                f"{label}: sparsesearch.prune() on the {key} test model at sparsity {amount} "
+                f"failed with {type(exc).__name__}: {exc}{again}"
+            ) from exc
+        for layer in find_layers(model):
+            mask = get_mask(layer.module)
+            mask = torch.ones_like(layer.weight) if mask is None else mask.detach().clone()
+            units = layer.out_channels if channel else layer.weight.numel()
+            want = 0 if (channel and layer.is_output) else num_to_prune(amount, units)
+            if channel:
+                rows = mask.flatten(1)
+                if not bool(((rows == 0).all(1) | (rows == 1).all(1)).all()):
+                    raise StrategyContractError(
+                        f"{label}: after prune() at {amount}, {_where(layer)} has partially "
+                        "masked channels although granularity='channel': this is an engine "
+                        "bug, please report it"
+                    )
+                pruned = int((rows == 0).all(1).sum())
+            else:
+                pruned = int((mask == 0).sum())
+            if pruned != want:
+                unit = "output channels" if channel else "weights"
+                raise StrategyContractError(
+                    f"{label}: after prune() at sparsity {amount}, {_where(layer)} has "
+                    f"{pruned} pruned {unit} but the engine promises exactly {want} of "
+                    f"{units}: return scores of the shape granularity asks for, one per unit"
+                )
+            old = previous.get(layer.name)
+            if old is not None and bool(((old == 0) & (mask != 0)).any()):
+                raise StrategyContractError(
+                    f"{label}: pruning {_where(layer)} again at {amount} brought back pruned "
+                    "weights: this is an engine bug, please report it"
+                )
+            previous[layer.name] = mask
     with torch.no_grad():
         out = model.eval()(batches[0][0])
     if not bool(torch.isfinite(out).all()):
@@ -506,7 +531,8 @@ def check_strategy(strategy: Strategy | StrategyInfo | str, *, seed: int = 0) ->
     * it modifies neither the model (weights, biases, buffers, ``.grad``, train/eval mode) nor
       the context, and leaves torch's global RNG alone;
     * it is deterministic: two calls with the same ``context.seed`` give equal scores;
-    * ``sparsesearch.prune()`` with it at sparsity 0.5 masks exactly ``round(0.5 × units)``
+    * ``sparsesearch.prune()`` with it at sparsity 0.5, then again at 0.75 (the second scoring
+      sees masked layers, as in gradual pruning), masks exactly ``round(amount × units)``
       weights (or output channels; none of the final layer's) per layer.
 
     Returns ``None`` when all is well. Raises :class:`StrategyContractError` (an

@@ -166,6 +166,7 @@ def test_scores_are_the_engines_taylor_importance(taylor):
 
 @pytest.mark.skipif(not hasattr(sparsesearch, "search"), reason="sparsesearch.search not available")
 def test_runs_in_a_small_search(taylor, tmp_path):
+    import optuna
     from torch.utils.data import TensorDataset
 
     gen = torch.Generator().manual_seed(0)
@@ -179,6 +180,7 @@ def test_runs_in_a_small_search(taylor, tmp_path):
     result = sparsesearch.search(
         model, (split(96), split(48), split(48)), budget=0.5, strategies=["taylor"],
         n_trials=2, runs_dir=tmp_path, heuristics=(), trained=True, pruner="none",
+        storage=optuna.storages.InMemoryStorage(),
         space={"epochs": 1, "batch_size": 32}, num_batches=2,
     )
     done = [t for t in result.study.trials if t.state.name == "COMPLETE"]

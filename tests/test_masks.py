@@ -310,3 +310,31 @@ def test_make_permanent_leaves_plain_parameters_with_the_zeros():
     fresh = _mlp(seed=7)
     fresh.load_state_dict(model.state_dict())
     assert torch.equal(fresh.eval()(x), expected)
+
+
+def test_copies_are_independent_of_the_original():
+    """parametrize gives a deepcopy the same class; changing the copy's masks must not
+    reach the original (nor the other way round)."""
+    model = _mlp()
+    sparsesearch.prune(model, "magnitude", 0.5)
+    x, _ = _batch(3)
+    model.eval()
+    expected = model(x)
+
+    exported = sparsesearch.make_permanent(copy.deepcopy(model))
+    assert not masked_modules(exported)
+    assert set(masked_modules(model)) == {"0", "3", "5"}
+    assert torch.equal(model(x), expected)
+    assert torch.equal(exported.eval()(x), expected)
+
+    other = copy.deepcopy(model)
+    sparsesearch.prune(other, "l1-filter", 0.5)  # adds bias masks to the copy only
+    assert get_mask(model[0], "bias") is None
+    assert torch.equal(model(x), expected)
+    assert not torch.equal(other.eval()(x), expected)
+
+    # and the original can still be changed without touching the copy
+    before = other(x)
+    sparsesearch.make_permanent(model)
+    assert torch.equal(other(x), before)
+    assert get_mask(other[0], "bias") is not None

@@ -32,7 +32,7 @@ def fresh_registry(monkeypatch):
     before = set(sys.modules)
     yield
     for name in set(sys.modules) - before:
-        if name.startswith("ssplug_"):
+        if name.startswith("ssplug_") or name == "fifth_strategy":
             del sys.modules[name]
     plugins.reset_plugins()
 
@@ -94,7 +94,7 @@ def test_builtin_strategies_come_from_the_sparsesearch_distribution():
 
 
 def test_a_third_party_distribution_adds_a_fifth_strategy(monkeypatch, tmp_path):
-    install(monkeypatch, tmp_path, "fifth-strategy", {"fifth": "ssplug_fifth"}, {"ssplug_fifth": FIFTH})
+    install(monkeypatch, tmp_path, "fifth-strategy", {"fifth": "fifth_strategy"}, {"fifth_strategy": FIFTH})
     infos = {info.name: info for info in sparsesearch.list_strategies()}
     assert set(BUILTINS) | {"fifth"} <= set(infos)
     fifth = infos["fifth"]

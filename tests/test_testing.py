@@ -320,3 +320,13 @@ def test_passing_the_class_or_something_else():
     assert "call check_strategy(Fine())" in _fails(Fine)
     assert "subclass sparsesearch.Strategy" in _fails(object())
     check_strategy(Fine())
+
+
+def test_fails_on_masked_layers():
+    class RawParameter(_Base):
+        def score(self, layer, context):
+            return layer.module._parameters["weight"].detach().abs()
+
+    msg = _fails(RawParameter())
+    assert "at sparsity 0.75 failed with KeyError" in msg
+    assert "already pruned at 0.5" in msg and "read layer.weight" in msg

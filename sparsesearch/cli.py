@@ -1,0 +1,338 @@
+"""The ``sparsesearch`` command: ``strategies``, ``run``, ``report``, ``export``.
+
+Exit status: 0 success, 2 user error (one ``sparsesearch: error: ...`` line on stderr, no
+traceback), 1 a bug (traceback), 130 interrupted. See ``docs/cli.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("sparsesearch")
+
+EPILOG = """\
+exit status: 0 success, 2 user error (one line on stderr), 1 internal error (a bug).
+docs: docs/cli.md (commands), docs/studies.md (study files)."""
+
+
+class UsageError(Exception):
+    """Bad command-line combinations (reported like argparse errors, exit 2)."""
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("sparsesearch")
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparsesearch",
+        description="Search per-layer sparsity and retraining of a PyTorch model under a hard "
+                    "parameter budget, with Optuna.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("strategies", help="list the installed pruning strategies",
+                       description="One line per strategy: name, granularity (weight/channel), "
+                                   "whether it needs data, and the distribution providing it.")
+    p.set_defaults(func=cmd_strategies)
+
+    def target_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("study", nargs="?", metavar="STUDY.toml",
+                       help="study file (default: the packaged studies/default.toml)")
+        p.add_argument("--storage", metavar="URL",
+                       help="Optuna storage URL (default: the study file's, else "
+                            "sqlite:///RUNS/NAME/study.db)")
+        p.add_argument("--study-name", metavar="NAME", help="study name (default: the study file's)")
+        p.add_argument("--runs-dir", metavar="DIR", default="runs",
+                       help="folder of the run outputs, relative to the current directory (default: runs)")
+
+    p = sub.add_parser(
+        "run", help="run or resume a study",
+        description="Run a study, or resume it when the storage already holds one of that name "
+                    "(trials are added). Writes RUNS/NAME/: study.db (default storage), the "
+                    "dense-model cache, report.md, plots/, best.pt, best.recipe.json.",
+        epilog="A bare study name (e.g. digits-mlp) not found as a file is looked up among the "
+               "packaged studies.",
+    )
+    target_args(p)
+    p.add_argument("--n-trials", type=int, metavar="N", help="trials to add in this invocation")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
+    p.add_argument("--seed", type=int, metavar="N", help="seed of data split, dense model, sampler")
+    p.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress display, warnings only")
+    p.add_argument("--no-report", action="store_true", help="skip report.md and the plots")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "report", help="write a Markdown report with PNG plots of a stored study",
+        description="Read a stored study (from its study file or --storage/--study-name) and "
+                    "write report.md and plots/*.png. Nothing is re-evaluated.",
+    )
+    target_args(p)
+    p.add_argument("--out", metavar="DIR", help="output folder (default: RUNS/NAME)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "export", help="write a trial's pruned model (state_dict) and its recipe JSON",
+        description="Write the pruned model of the best trial (or --trial N) and its recipe. "
+                    "The model is rebuilt from the dense model (cached in RUNS/NAME/, or trained "
+                    "again) unless RUNS/NAME/best.pt already holds it.",
+    )
+    target_args(p)
+    p.add_argument("--trial", type=int, metavar="N", help="trial number (default: the best)")
+    p.add_argument("--out", metavar="PATH", required=True,
+                   help="model file (.safetensors, .pt, .pth; the recipe goes to "
+                        "<name>.recipe.json next to it) or a folder (model.safetensors or "
+                        "model.pt, and recipe.json)")
+    p.add_argument("--device", metavar="DEV", help="device for rebuilding (default: the study's)")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# logging and output
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            return f"sparsesearch: warning: {msg}"
+        return f"sparsesearch: {msg}"
+
+
+class _DropOptunaTrialFailures(logging.Filter):
+    """sparsesearch logs a failed trial in one line; Optuna's traceback copy is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not (msg.startswith("Trial ") and " failed" in msg)
+
+
+def _setup_logging(quiet: bool, progress: Any = None) -> logging.Handler:
+    import optuna
+
+    from sparsesearch.progress import ProgressLogHandler
+
+    handler = ProgressLogHandler(progress)
+    handler.setFormatter(_Formatter())
+    handler.addFilter(_DropOptunaTrialFailures())
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+    import warnings
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.disable_default_handler()
+    optuna_logger = logging.getLogger("optuna")
+    optuna_logger.handlers[:] = [handler]
+    optuna_logger.setLevel(logging.WARNING)
+    optuna_logger.propagate = False
+    return handler
+
+
+def _err(msg: str) -> None:
+    print(f"sparsesearch: error: {' '.join(str(msg).split())}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# resolving the study a command works on
+
+
+def _load_config(args: argparse.Namespace):
+    from sparsesearch.config import load_study_config
+
+    cfg = load_study_config(args.study)
+    changes: dict[str, Any] = {"name": args.study_name, "storage": args.storage}
+    for key in ("n_trials", "timeout", "seed", "device"):
+        if getattr(args, key, None) is not None:
+            changes[key] = getattr(args, key)
+    cfg = cfg.replace(**changes)
+    from sparsesearch.config import validate
+
+    validate(cfg, where="")
+    return cfg
+
+
+def _target(args: argparse.Namespace) -> tuple[Any, str, str]:
+    """``(config or None, storage URL, study name)`` for report/export."""
+    if args.study is None and args.storage is not None:
+        if args.study_name is None:
+            from sparsesearch.report import open_study
+
+            study = open_study(args.storage, None)  # one study in the storage: take it
+            return None, args.storage, study.study_name
+        return None, args.storage, args.study_name
+    cfg = _load_config(args)
+    return cfg, cfg.storage_url(args.runs_dir), cfg.name
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_strategies(args: argparse.Namespace) -> int:
+    from sparsesearch import list_strategies
+
+    rows = [
+        (s.name, s.granularity, "needs data" if s.requires_data else "data-free", s.distribution)
+        for s in list_strategies()
+    ]
+    if not rows:
+        _err("no strategies installed")
+        return 2
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from sparsesearch.export import CONFIG_ATTR, trial_recipe, save_state_dict
+    from sparsesearch.progress import Progress, format_duration
+    from sparsesearch.search import mask_url, search
+
+    cfg = _load_config(args)
+    progress = None if args.quiet else Progress(cfg.n_trials, timeout=cfg.timeout)
+    _setup_logging(args.quiet, progress)
+    runs_dir = Path(args.runs_dir)
+    run_dir = runs_dir / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    kwargs = cfg.search_kwargs(runs_dir)
+    storage = kwargs["storage"]
+    limits = []
+    if cfg.n_trials is not None:
+        limits.append(f"{cfg.n_trials} trials")
+    if cfg.timeout is not None:
+        limits.append(f"at most {format_duration(cfg.timeout)}")
+    if cfg.max_complete is not None:
+        limits.append(f"until {cfg.max_complete} complete")
+    log.info("study %r in %s: adding %s (%s on %s, budget %s; dense model first, cached in %s)",
+             cfg.name, mask_url(storage), " / ".join(limits), cfg.model, cfg.data, cfg.budget, run_dir)
+    recorded: list[bool] = []
+
+    def record_config(study: Any, trial: Any) -> None:
+        if not recorded:
+            study.set_user_attr(CONFIG_ATTR, cfg.to_dict())
+            recorded.append(True)
+
+    callbacks: list[Any] = [record_config]
+    if progress is not None:
+        callbacks.append(progress)
+    torch.manual_seed(cfg.seed)  # the model's initial weights (and so the dense cache key)
+    started = time.monotonic()
+    try:
+        result = search(**kwargs, callbacks=callbacks)
+    finally:
+        if progress is not None:
+            progress.close()
+    elapsed = time.monotonic() - started
+    study = result.study
+    study.set_user_attr(CONFIG_ATTR, cfg.to_dict())
+    recipe = trial_recipe(study, result.best_trial)
+    save_state_dict(result.model, run_dir / "best.pt")
+    recipe.to_json(run_dir / "best.recipe.json")
+    n = len(study.trials)
+    print(f"study {cfg.name!r}: {n} trials in {mask_url(storage)} ({format_duration(elapsed)} this run)")
+    print(result.summary())
+    print(f"wrote {run_dir / 'best.pt'} and {run_dir / 'best.recipe.json'}")
+    if not args.no_report:
+        from sparsesearch.report import write_report
+
+        report = write_report(study, run_dir, storage=storage)
+        print(f"wrote {report} and {run_dir / 'plots'}/*.png")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from sparsesearch.report import open_study, write_report
+
+    _setup_logging(True)
+    _cfg, storage, name = _target(args)
+    study = open_study(storage, name)
+    out = Path(args.out) if args.out else Path(args.runs_dir) / study.study_name
+    report = write_report(study, out, storage=storage)
+    print(f"wrote {report} and {out / 'plots'}/*.png")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sparsesearch.export import export_trial
+    from sparsesearch.report import open_study
+
+    _setup_logging(False)
+    cfg, storage, name = _target(args)
+    study = open_study(storage, name)
+    if args.device is not None:
+        from sparsesearch.train import resolve_device
+
+        resolve_device(args.device)
+    result = export_trial(study, args.out, trial=args.trial, config=cfg,
+                          runs_dir=args.runs_dir, device=args.device)
+    how = "from best.pt" if result.source == "best.pt" else "rebuilt from the dense model"
+    print(f"trial #{result.trial} ({how}): {result.params:,} params, stored val accuracy "
+          f"{result.stored_val_accuracy:.4f}"
+          + ("" if result.val_accuracy is None else f", rebuilt {result.val_accuracy:.4f}"))
+    if not result.matches:
+        log.warning("the rebuilt model's validation accuracy %.4f differs from the stored %.4f "
+                    "(the dense model was trained again, or training is not deterministic here)",
+                    result.val_accuracy, result.stored_val_accuracy)
+    print(f"wrote {result.model_path} and {result.recipe_path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sparsesearch`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # usage errors: argparse prints and exits 2
+    from sparsesearch.errors import SparsesearchError
+
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("\nsparsesearch: interrupted; the study keeps its finished trials (run again to resume)",
+              file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        except OSError:
+            pass
+        return 0
+    except (SparsesearchError, ValueError, OSError) as exc:
+        msg = str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and getattr(exc, "filename", None) and str(exc.filename) not in msg:
+            msg = f"{msg}: {exc.filename}"
+        _err(msg)
+        return 2
+    except Exception:  # noqa: BLE001 - a bug: show everything
+        traceback.print_exc()
+        print("sparsesearch: internal error (a bug, please report it with the traceback above)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

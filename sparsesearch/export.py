@@ -1,0 +1,292 @@
+"""Exporting a trial: the pruned model's state_dict and the recipe JSON that replays it.
+
+A stored trial holds its recipe (user attribute ``recipe``), not its weights. Exporting
+rebuilds the trial's model: the dense model exactly as the search prepared it (the dense cache
+in ``runs/<study>/``, or trained again with the same seed and settings when the cache is
+gone), then :func:`sparsesearch.apply_recipe`. The rebuilt model's validation accuracy is
+checked against the stored value. The best trial of the last ``sparsesearch run`` is taken
+straight from ``runs/<study>/best.pt`` when that file belongs to it.
+
+Model files: ``.safetensors`` (needs the ``safetensors`` package) or ``.pt`` / ``.pth``
+(``torch.save`` of the state_dict; load with ``torch.load(path, weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from torch import nn
+
+from sparsesearch.errors import SparsesearchError
+from sparsesearch.recipe import Recipe
+
+__all__ = [
+    "ExportResult",
+    "config_from_study",
+    "export_trial",
+    "has_safetensors",
+    "output_paths",
+    "save_state_dict",
+    "write_export",
+]
+
+CONFIG_ATTR = "sparsesearch_config"
+MODEL_SUFFIXES = (".safetensors", ".pt", ".pth")
+
+
+def has_safetensors() -> bool:
+    return importlib.util.find_spec("safetensors") is not None
+
+
+def output_paths(out: str | os.PathLike) -> tuple[Path, Path]:
+    """``(model file, recipe file)`` for ``--out``.
+
+    ``model.safetensors`` / ``model.pt`` / ``model.pth`` → that file and ``model.recipe.json``
+    next to it; any other path is a folder receiving ``model.safetensors`` (``model.pt`` when
+    safetensors is not installed) and ``recipe.json``.
+    """
+    p = Path(out)
+    if p.suffix in MODEL_SUFFIXES:
+        return p, p.with_name(p.name[: -len(p.suffix)] + ".recipe.json")
+    if p.suffix == ".json":
+        raise SparsesearchError(
+            f"--out {out}: give the model file (.safetensors, .pt) or a folder; the recipe "
+            "JSON is written next to the model"
+        )
+    if p.exists() and not p.is_dir():
+        raise SparsesearchError(f"--out {out} exists and is not a folder or a model file")
+    name = "model.safetensors" if has_safetensors() else "model.pt"
+    return p / name, p / "recipe.json"
+
+
+def _plain_state(model_or_state: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def save_state_dict(model_or_state: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
+    """Write a state_dict: safetensors for ``.safetensors``, ``torch.save`` otherwise."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = _plain_state(model_or_state)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if path.suffix == ".safetensors":
+            if not has_safetensors():
+                raise SparsesearchError(
+                    f"cannot write {path}: the safetensors package is not installed "
+                    "(pip install safetensors, or use a .pt file)"
+                )
+            from safetensors.torch import save_file
+
+            save_file(state, str(tmp), metadata={"format": "pt", "producer": "sparsesearch"})
+        else:
+            torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def write_export(
+    model_or_state: nn.Module | Mapping[str, torch.Tensor], recipe: Recipe, out: str | os.PathLike
+) -> tuple[Path, Path]:
+    """Write the model and its recipe for ``--out`` (see :func:`output_paths`)."""
+    model_path, recipe_path = output_paths(out)
+    save_state_dict(model_or_state, model_path)
+    recipe_path.parent.mkdir(parents=True, exist_ok=True)
+    recipe.to_json(recipe_path)
+    return model_path, recipe_path
+
+
+# ---------------------------------------------------------------------------------------------
+# rebuilding a stored trial
+
+
+@dataclasses.dataclass
+class ExportResult:
+    model_path: Path
+    recipe_path: Path
+    trial: int
+    params: int
+    stored_val_accuracy: float
+    val_accuracy: float | None  # of the rebuilt model (None: taken from best.pt unchanged)
+    source: str  # "best.pt" or "rebuilt"
+
+    @property
+    def matches(self) -> bool:
+        return self.val_accuracy is None or math.isclose(
+            self.val_accuracy, self.stored_val_accuracy, abs_tol=1e-9
+        )
+
+
+def config_from_study(study: optuna.Study):
+    """The :class:`~sparsesearch.config.StudyConfig` a study was run with: the one
+    ``sparsesearch run`` stored, else rebuilt from the search settings (named model and data)."""
+    from sparsesearch.config import StudyConfig
+
+    attrs = study.user_attrs
+    if isinstance(attrs.get(CONFIG_ATTR), Mapping):
+        return StudyConfig.from_dict(attrs[CONFIG_ATTR])
+    settings = attrs.get("settings")
+    if not isinstance(settings, Mapping):
+        raise SparsesearchError(
+            f"study {study.study_name!r} was not created by sparsesearch (no 'settings' attribute)"
+        )
+    if settings.get("data") in (None, "(datasets)"):
+        raise SparsesearchError(
+            f"study {study.study_name!r} was searched on in-memory datasets: export from Python "
+            "with sparsesearch.apply_recipe(dense_model, recipe, data) (the recipe is the "
+            "trial's 'recipe' user attribute)"
+        )
+    if not isinstance(settings.get("model"), str) or settings["model"] not in _model_names(settings["model"]):
+        raise SparsesearchError(
+            f"study {study.study_name!r} was searched on a model object ({settings.get('model')}), "
+            "not a model name: give the study file, or export from Python with apply_recipe"
+        )
+    return StudyConfig(
+        name=study.study_name,
+        model=settings["model"],
+        data=settings["data"],
+        budget=int(attrs.get("budget_params", 1)),
+        seed=int(settings.get("seed", 0)),
+        objective=settings.get("objective", "accuracy"),
+        dense=dict(settings.get("dense") or {}),
+        include=tuple(settings.get("include") or ()) or None,
+        exclude=tuple(settings.get("exclude") or ()) or None,
+    )
+
+
+def _model_names(name: str) -> list[str]:
+    """``[name]`` when ``name`` builds a model by name (zoo, plugin, torchvision, module:fn)."""
+    if ":" in name:
+        return [name]
+    from sparsesearch.models import list_models
+
+    names = list_models()
+    if name in names:
+        return [name]
+    try:
+        import torchvision.models as tvm
+
+        return [name] if name in tvm.list_models(module=tvm) else []
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
+    """The best COMPLETE trial, or trial ``number`` (which must be COMPLETE)."""
+    from sparsesearch.search import best_trial
+
+    if number is None:
+        return best_trial(study)
+    trials = study.get_trials(deepcopy=False)
+    match = [t for t in trials if t.number == number]
+    if not match:
+        raise SparsesearchError(
+            f"study {study.study_name!r} has no trial {number} (trials 0..{len(trials) - 1})"
+        )
+    t = match[0]
+    if t.state != TrialState.COMPLETE:
+        raise SparsesearchError(f"trial {number} is {t.state.name}, not COMPLETE: it has no model to export")
+    if "recipe" not in t.user_attrs:
+        raise SparsesearchError(f"trial {number} has no stored recipe")
+    return t
+
+
+def trial_recipe(study: optuna.Study, trial: FrozenTrial, **extra: Any) -> Recipe:
+    recipe = Recipe.from_dict(trial.user_attrs["recipe"])
+    return dataclasses.replace(
+        recipe,
+        params=int(trial.user_attrs.get("params", recipe.params or 0)),
+        extra={**recipe.extra, "study": study.study_name, "trial": trial.number,
+               "val_accuracy": float(trial.values[0]), **extra},
+    )
+
+
+def _from_best_file(study: optuna.Study, trial: FrozenTrial, run_dir: Path) -> dict[str, torch.Tensor] | None:
+    """``run_dir/best.pt`` when ``best.recipe.json`` says it is this study's ``trial``."""
+    model_file, recipe_file = run_dir / "best.pt", run_dir / "best.recipe.json"
+    if not (model_file.is_file() and recipe_file.is_file()):
+        return None
+    try:
+        recipe = Recipe.from_json(recipe_file.read_text())
+    except SparsesearchError:
+        return None
+    if recipe.extra.get("study") != study.study_name or recipe.extra.get("trial") != trial.number:
+        return None
+    return torch.load(model_file, map_location="cpu", weights_only=True)
+
+
+def rebuild_trial(study: optuna.Study, trial: FrozenTrial, config: Any, *, runs_dir: str | os.PathLike = "runs",
+                  device: str | None = None) -> tuple[nn.Module, float]:
+    """Replay ``trial`` from the dense model: ``(pruned model with permanent masks, val accuracy)``."""
+    from sparsesearch.masks import make_permanent
+    from sparsesearch.recipe import apply_recipe
+    from sparsesearch.search import prepare_dense_model
+    from sparsesearch.train import evaluate, resolve_device
+
+    torch_device = resolve_device(device or config.device)
+    torch.manual_seed(config.seed)  # as `sparsesearch run` does before search(): same init
+    dense, splits = prepare_dense_model(
+        config.model, config.data, seed=config.seed, dense=config.dense,
+        model_kwargs=config.model_kwargs, data_options=config.data_kwargs() or None,
+        checkpoint=config.checkpoint, device=str(torch_device), runs_dir=runs_dir,
+        study_name=study.study_name,
+    )
+    recipe = Recipe.from_dict(trial.user_attrs["recipe"])
+    model = apply_recipe(dense, recipe, splits, device=torch_device)
+    model = make_permanent(model)
+    return model, evaluate(model, splits.val, device=torch_device)
+
+
+def export_trial(
+    study: optuna.Study,
+    out: str | os.PathLike,
+    *,
+    trial: int | None = None,
+    config: Any = None,
+    runs_dir: str | os.PathLike = "runs",
+    device: str | None = None,
+) -> ExportResult:
+    """Write trial ``trial`` (default: the best) of ``study`` as a model file and recipe JSON.
+
+    ``config`` is the study's :class:`~sparsesearch.config.StudyConfig` (default: the one
+    stored in the study). The model is rebuilt unless ``runs_dir/<study>/best.pt`` holds it.
+    """
+    from sparsesearch.budget import count_params
+
+    t = pick_trial(study, trial)
+    stored = float(t.values[0])
+    run_dir = Path(runs_dir) / study.study_name
+    state = _from_best_file(study, t, run_dir) if trial is None or trial == t.number else None
+    if state is not None:
+        recipe = trial_recipe(study, t)
+        model_path, recipe_path = write_export(state, recipe, out)
+        return ExportResult(model_path, recipe_path, t.number, int(t.user_attrs.get("params", 0)),
+                            stored, None, "best.pt")
+    if config is None:
+        config = config_from_study(study)
+    model, val = rebuild_trial(study, t, config, runs_dir=runs_dir, device=device)
+    params = count_params(model).remaining
+    recipe = trial_recipe(study, t, rebuilt_val_accuracy=val)
+    recipe = dataclasses.replace(recipe, params=int(params))
+    model_path, recipe_path = write_export(model, recipe, out)
+    return ExportResult(model_path, recipe_path, t.number, int(params), stored, val, "rebuilt")

@@ -1,0 +1,181 @@
+"""The search engine: budget by construction, heuristic seeds, determinism, resume, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+
+import sparsesearch
+from sparsesearch import count_params
+from sparsesearch.errors import BudgetError, SparsesearchError, StrategyError
+from sparsesearch.masks import get_mask
+from sparsesearch.recipe import Recipe
+
+DENSE = {"epochs": 6, "lr": 0.1}
+SPACE = {"lr": [0.02, 0.3], "epochs": 2, "heuristic_lrs": [0.05, 0.2]}
+
+
+def _search(tmp_path, name="t", **kw):
+    args = dict(
+        n_trials=12, storage=f"sqlite:///{tmp_path / 'study.db'}", study_name=name,
+        dense=DENSE, space=SPACE, runs_dir=tmp_path / "runs", seed=0,
+    )
+    args.update(kw)
+    return sparsesearch.search("digits-mlp", "digits", args.pop("budget", 0.08), **args)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    return _search(tmp_path_factory.mktemp("search"))
+
+
+def test_every_complete_trial_meets_the_budget(result):
+    budget = result.study.user_attrs["budget_params"]
+    assert budget == math.floor(0.08 * result.total_params)
+    complete = result.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) >= 8
+    for t in complete:
+        assert t.user_attrs["params"] <= budget
+        # the stored per-layer sparsity reproduces the count
+        assert set(t.user_attrs["sparsity"]) == {"net.1", "net.3", "net.5"} or t.user_attrs["sparsity"]
+
+
+def test_best_is_at_least_every_heuristic_seed(result):
+    seeds = [t for t in result.study.trials if t.user_attrs.get("heuristic")]
+    assert {t.user_attrs["heuristic"] for t in seeds} == {"uniform", "global", "lamp", "erk"}
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in seeds)
+    assert result.val_accuracy >= max(t.value for t in seeds)
+    assert result.best_trial.value == result.val_accuracy
+
+
+def test_best_model_is_pruned_permanent_and_counted(result):
+    model = result.model
+    assert not any(get_mask(m) is not None for m in model.modules())
+    counts = count_params(model)
+    assert counts.remaining == result.params <= result.budget_params
+    # per-layer sparsity of the returned model is exactly the recipe's
+    for name, amount in result.recipe.sparsity.items():
+        w = dict(model.named_modules())[name].weight
+        assert int((w == 0).sum()) == round(amount * w.numel())
+
+
+def test_test_accuracy_only_for_the_best_trial(result):
+    stored = result.study.user_attrs["test_accuracy"]
+    assert list(stored) == [str(result.best_trial.number)]
+    assert stored[str(result.best_trial.number)] == pytest.approx(result.test_accuracy)
+    assert all("test_accuracy" not in t.user_attrs for t in result.study.trials)
+
+
+def test_user_attrs_are_the_documented_contract(result):
+    for t in result.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        assert isinstance(t.user_attrs["params"], int)
+        assert isinstance(t.user_attrs["sparsity"], dict)
+        assert t.user_attrs["strategy"] == "magnitude"
+        assert "heuristic" in t.user_attrs
+
+
+def test_recipe_replays_to_the_same_model(result):
+    recipe = Recipe.from_json(result.recipe.to_json())
+    replay = sparsesearch.apply_recipe(result.dense_model, recipe, "digits")
+    sparsesearch.make_permanent(replay)
+    for (n1, p1), (n2, p2) in zip(result.model.state_dict().items(), replay.state_dict().items()):
+        assert n1 == n2
+        torch.testing.assert_close(p1, p2, rtol=0, atol=1e-6)
+
+
+def test_masks_hold_after_fine_tuning(result):
+    recipe = result.recipe
+    model = sparsesearch.apply_recipe(result.dense_model, recipe, "digits")
+    for name, amount in recipe.sparsity.items():
+        module = dict(model.named_modules())[name]
+        mask = get_mask(module)
+        assert mask is not None
+        assert torch.all(module.weight[mask == 0] == 0)
+        assert int((module.weight == 0).sum()) >= round(amount * module.weight.numel())
+
+
+def test_same_seed_same_trials(tmp_path):
+    a = _search(tmp_path, name="a", n_trials=10, storage=f"sqlite:///{tmp_path / 'a.db'}")
+    b = _search(tmp_path, name="b", n_trials=10, storage=f"sqlite:///{tmp_path / 'b.db'}")
+    ta, tb = a.study.trials, b.study.trials
+    assert [t.params for t in ta] == [t.params for t in tb]
+    assert [t.state for t in ta] == [t.state for t in tb]
+    assert [t.values for t in ta] == [t.values for t in tb]
+
+
+def test_resume_adds_trials(tmp_path):
+    _search(tmp_path, name="r", n_trials=3)
+    again = _search(tmp_path, name="r", n_trials=4)
+    finished = [t for t in again.study.trials if t.state != optuna.trial.TrialState.WAITING]
+    assert len(finished) == 7
+    # the 4 heuristics x 2 learning rates were enqueued once, not again on resume
+    assert sum(1 for t in again.study.trials if t.user_attrs.get("heuristic")) == 8
+
+
+def test_pareto_front(tmp_path):
+    r = _search(tmp_path, name="p", objective="pareto", n_trials=4, heuristics=["uniform", "erk"])
+    assert r.study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    assert r.pareto_front
+    for t in r.pareto_front:
+        assert t.values[1] <= r.budget_params
+
+
+def test_infeasible_budget_names_the_minimum(tmp_path):
+    with pytest.raises(BudgetError, match=r"feasible minimum is \d+"):
+        _search(tmp_path, budget=10)
+
+
+def test_unknown_strategy_before_any_work(tmp_path):
+    with pytest.raises(StrategyError, match="known strategies"):
+        _search(tmp_path, strategies=["nope"])
+    assert not (tmp_path / "study.db").exists()
+
+
+def test_empty_search_space(tmp_path):
+    with pytest.raises(SparsesearchError, match="search space is empty"):
+        _search(tmp_path, space={"allocation": False}, heuristics=[])
+
+
+def test_unknown_space_key_suggests(tmp_path):
+    with pytest.raises(SparsesearchError, match="did you mean 'epochs'"):
+        _search(tmp_path, space={"epochz": 3})
+
+
+def test_nan_loss_fails_only_that_trial(tmp_path):
+    # an lr this large blows up SGD: every trial fails with the reason stored, the study goes on
+    r = None
+    with pytest.raises(SparsesearchError, match="no COMPLETE trial"):
+        r = _search(tmp_path, name="nan", n_trials=3, space={"lr": 1e12, "epochs": 1})
+    study = optuna.load_study(study_name="nan", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    finished = [t for t in study.trials if t.state != optuna.trial.TrialState.WAITING]
+    assert len(finished) == 3
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in finished)
+    assert all("NonFiniteLossError" in t.user_attrs["fail_reason"] for t in finished)
+    assert r is None
+
+
+class Exploding(sparsesearch.Strategy):
+    name = "exploding"
+
+    def score(self, layer, context):
+        raise RuntimeError("boom")
+
+
+def test_strategy_that_raises_fails_only_its_trial(tmp_path):
+    sparsesearch.plugins.register_plugin(
+        type("P", (), {"sparsesearch_register_strategies": staticmethod(
+            sparsesearch.hookimpl(lambda register: register(Exploding())))})(), name="exploding-test")
+    try:
+        r = _search(tmp_path, name="x", n_trials=6, strategies=["magnitude", "exploding"],
+                    heuristics=["uniform"], space={**SPACE, "heuristic_lrs": [0.1]})
+        failed = [t for t in r.study.trials if t.state == optuna.trial.TrialState.FAIL]
+        ok = [t for t in r.study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        assert ok
+        for t in failed:
+            assert t.params["strategy"] == "exploding"
+            assert "boom" in t.user_attrs["traceback"]
+    finally:
+        sparsesearch.plugins.reset_plugins()
