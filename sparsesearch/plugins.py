@@ -26,6 +26,7 @@ __all__ = [
     "get_plugin_manager",
     "get_strategy",
     "list_strategies",
+    "register_plugin",
     "reset_plugins",
 ]
 

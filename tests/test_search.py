@@ -18,10 +18,16 @@ DENSE = {"epochs": 6, "lr": 0.1}
 SPACE = {"lr": [0.02, 0.3], "epochs": 2, "heuristic_lrs": [0.05, 0.2]}
 
 
-def _search(tmp_path, name="t", **kw):
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    """One runs dir for the module, so the dense model is trained once and then cached."""
+    return tmp_path_factory.mktemp("runs")
+
+
+def _search(tmp_path, name="t", runs=None, **kw):
     args = dict(
         n_trials=12, storage=f"sqlite:///{tmp_path / 'study.db'}", study_name=name,
-        dense=DENSE, space=SPACE, runs_dir=tmp_path / "runs", seed=0,
+        dense=DENSE, space=SPACE, runs_dir=runs or tmp_path / "runs", seed=0,
     )
     args.update(kw)
     return sparsesearch.search("digits-mlp", "digits", args.pop("budget", 0.08), **args)
@@ -98,34 +104,36 @@ def test_masks_hold_after_fine_tuning(result):
 
 
 def test_same_seed_same_trials(tmp_path):
-    a = _search(tmp_path, name="a", n_trials=10, storage=f"sqlite:///{tmp_path / 'a.db'}")
-    b = _search(tmp_path, name="b", n_trials=10, storage=f"sqlite:///{tmp_path / 'b.db'}")
+    # 4 seeds, then TPE proposals; separate runs dirs so nothing is shared but the seed
+    kw = dict(n_trials=7, heuristics=["uniform", "lamp"], runs=None)
+    a = _search(tmp_path / "a", name="a", storage=f"sqlite:///{tmp_path / 'a.db'}", **kw)
+    b = _search(tmp_path / "b", name="b", storage=f"sqlite:///{tmp_path / 'b.db'}", **kw)
     ta, tb = a.study.trials, b.study.trials
     assert [t.params for t in ta] == [t.params for t in tb]
     assert [t.state for t in ta] == [t.state for t in tb]
     assert [t.values for t in ta] == [t.values for t in tb]
 
 
-def test_resume_adds_trials(tmp_path):
-    _search(tmp_path, name="r", n_trials=3)
-    again = _search(tmp_path, name="r", n_trials=4)
+def test_resume_adds_trials(tmp_path, runs_dir):
+    _search(tmp_path, name="r", n_trials=3, runs=runs_dir)
+    again = _search(tmp_path, name="r", n_trials=4, runs=runs_dir)
     finished = [t for t in again.study.trials if t.state != optuna.trial.TrialState.WAITING]
     assert len(finished) == 7
     # the 4 heuristics x 2 learning rates were enqueued once, not again on resume
     assert sum(1 for t in again.study.trials if t.user_attrs.get("heuristic")) == 8
 
 
-def test_pareto_front(tmp_path):
-    r = _search(tmp_path, name="p", objective="pareto", n_trials=4, heuristics=["uniform", "erk"])
+def test_pareto_front(tmp_path, runs_dir):
+    r = _search(tmp_path, name="p", objective="pareto", n_trials=4, runs=runs_dir, heuristics=["uniform", "erk"])
     assert r.study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
     assert r.pareto_front
     for t in r.pareto_front:
         assert t.values[1] <= r.budget_params
 
 
-def test_infeasible_budget_names_the_minimum(tmp_path):
+def test_infeasible_budget_names_the_minimum(tmp_path, runs_dir):
     with pytest.raises(BudgetError, match=r"feasible minimum is \d+"):
-        _search(tmp_path, budget=10)
+        _search(tmp_path, budget=10, runs=runs_dir)
 
 
 def test_unknown_strategy_before_any_work(tmp_path):
@@ -144,11 +152,11 @@ def test_unknown_space_key_suggests(tmp_path):
         _search(tmp_path, space={"epochz": 3})
 
 
-def test_nan_loss_fails_only_that_trial(tmp_path):
+def test_nan_loss_fails_only_that_trial(tmp_path, runs_dir):
     # an lr this large blows up SGD: every trial fails with the reason stored, the study goes on
     r = None
     with pytest.raises(SparsesearchError, match="no COMPLETE trial"):
-        r = _search(tmp_path, name="nan", n_trials=3, space={"lr": 1e12, "epochs": 1})
+        r = _search(tmp_path, name="nan", n_trials=3, runs=runs_dir, space={"lr": 1e12, "epochs": 1})
     study = optuna.load_study(study_name="nan", storage=f"sqlite:///{tmp_path / 'study.db'}")
     finished = [t for t in study.trials if t.state != optuna.trial.TrialState.WAITING]
     assert len(finished) == 3
@@ -164,12 +172,12 @@ class Exploding(sparsesearch.Strategy):
         raise RuntimeError("boom")
 
 
-def test_strategy_that_raises_fails_only_its_trial(tmp_path):
+def test_strategy_that_raises_fails_only_its_trial(tmp_path, runs_dir):
     sparsesearch.plugins.register_plugin(
         type("P", (), {"sparsesearch_register_strategies": staticmethod(
             sparsesearch.hookimpl(lambda register: register(Exploding())))})(), name="exploding-test")
     try:
-        r = _search(tmp_path, name="x", n_trials=6, strategies=["magnitude", "exploding"],
+        r = _search(tmp_path, name="x", n_trials=6, runs=runs_dir, strategies=["magnitude", "exploding"],
                     heuristics=["uniform"], space={**SPACE, "heuristic_lrs": [0.1]})
         failed = [t for t in r.study.trials if t.state == optuna.trial.TrialState.FAIL]
         ok = [t for t in r.study.trials if t.state == optuna.trial.TrialState.COMPLETE]
