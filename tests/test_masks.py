@@ -172,7 +172,8 @@ def test_gradual_channel_pruning_and_mixed_granularity():
     sparsesearch.prune(model, "l1-filter", 0.3)
     rows_a = _zero_rows(layer.weight)
     assert int(rows_a.sum()) == 3
-    # weights pruned before the channel step stay pruned
+    # weights pruned before the channel step stay pruned: in the mask, not just by value
+    assert bool((unstructured <= (get_mask(layer) == 0)).all())
     assert bool((unstructured <= (layer.weight == 0)).all())
     sparsesearch.prune(model, "l1-filter", 0.6)
     rows_b = _zero_rows(layer.weight)
