@@ -6,10 +6,12 @@ The public API is ``__all__``; every other name is private and may change.
 from __future__ import annotations
 
 from sparsesearch.budget import ParamCount, count_params
+from sparsesearch.data import Splits, list_datasets, load_dataset
 from sparsesearch.errors import BudgetError, PluginError, SparsesearchError, StrategyError
 from sparsesearch.hookspecs import hookimpl
 from sparsesearch.layers import find_layers
 from sparsesearch.masks import load_masked_state_dict, make_permanent
+from sparsesearch.models import build_model, list_models
 from sparsesearch.plugins import StrategyInfo, get_strategy, list_strategies
 from sparsesearch.prune import prune
 from sparsesearch.recipe import Recipe, RetrainSettings, apply_recipe, load_recipe
@@ -30,16 +32,21 @@ __all__ = [
     "ScoreContext",
     "SearchResult",
     "SearchSpace",
+    "Splits",
     "SparsesearchError",
     "Strategy",
     "StrategyError",
     "StrategyInfo",
     "apply_recipe",
+    "build_model",
     "count_params",
     "find_layers",
     "get_strategy",
     "hookimpl",
+    "list_datasets",
+    "list_models",
     "list_strategies",
+    "load_dataset",
     "load_recipe",
     "load_masked_state_dict",
     "make_permanent",
