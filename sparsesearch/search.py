@@ -272,15 +272,10 @@ class _Objective:
         return self.score_cache[key]
 
 
-def _make_sampler(seed: int, n_startup: int) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.TPESampler(
-        seed=seed,
-        n_startup_trials=max(n_startup, 1),
-        n_ei_candidates=24,
-        multivariate=True,
-        group=True,
-        constant_liar=True,
-    )
+def _make_sampler(seed: int, n_startup: int, local_fraction: float) -> optuna.samplers.BaseSampler:
+    from sparsesearch.sampler import LocalTPESampler
+
+    return LocalTPESampler(seed=seed, n_startup_trials=n_startup, local_fraction=local_fraction)
 
 
 def _make_pruner(pruner: str | optuna.pruners.BasePruner | None, n_seeds: int) -> optuna.pruners.BasePruner:
@@ -375,6 +370,7 @@ def search(
     show_progress: bool = False,
     data_options: Mapping[str, Any] | None = None,
     checkpoint: str | os.PathLike | None = None,
+    local_fraction: float = 0.5,
 ) -> SearchResult:
     """Search per-layer sparsity and retrain settings of ``model`` under ``budget``.
 
@@ -391,6 +387,8 @@ def search(
         objective: ``"accuracy"`` (maximise validation accuracy) or ``"pareto"`` (maximise
             validation accuracy, minimise remaining parameters; no pruner).
         space: a :class:`SearchSpace` or a dict of its fields.
+        local_fraction: share of the trials after the seeds that perturb the best trial so
+            far instead of following TPE (0 = plain TPE).
         data_options: keyword arguments of :func:`sparsesearch.data.load_dataset` for a named
             dataset (``root``, ``val_fraction``, loader options); part of the dense cache key.
         checkpoint: a trained state_dict file for ``model`` (loaded with ``weights_only=True``);
@@ -458,7 +456,7 @@ def search(
         storage=storage,
         study_name=study_name,
         directions=directions,
-        sampler=_make_sampler(seed, len(seeds)),
+        sampler=_make_sampler(seed, len(seeds), local_fraction),
         pruner=_make_pruner(pruner, len(seeds)) if objective == "accuracy" else optuna.pruners.NopPruner(),
         load_if_exists=True,
     )
