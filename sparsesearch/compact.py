@@ -52,7 +52,7 @@ import math
 import operator
 import os
 import warnings
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 import torch.fx as fx
@@ -153,7 +153,7 @@ _ZERO_FUNCTIONS = {
     F.softshrink, F.hardshrink, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
     F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
     F.adaptive_avg_pool3d, F.lp_pool1d, F.lp_pool2d, F.interpolate, F.upsample,
-    torch.clone, torch.neg, torch.abs, operator.neg, operator.pos, torch.nn.functional.normalize,
+    torch.clone, torch.neg, torch.abs, operator.neg, operator.pos,
 }
 _POOL_WITH_INDICES = {
     F.max_pool1d, F.max_pool2d, F.max_pool3d,
@@ -316,9 +316,6 @@ def _spatial_rank(module: nn.Module) -> int | None:
     return None
 
 
-def _is_zero_scalar(value: Any) -> bool:
-    return isinstance(value, (int, float, bool)) and not isinstance(value, bool) and value == 0
-
 
 # ---------------------------------------------------------------------------------------------
 # the analysis
@@ -359,7 +356,6 @@ class _Analysis:
         self.parent: list[int] = []
         self.slot_node: list[fx.Node] = []
         self.pins: list[tuple[int, int, str]] = []  # (start, stop, reason) slot ranges
-        self.pin_slots: list[tuple[torch.Tensor, str]] = []
         self.reads: list[tuple[torch.Tensor, torch.Tensor, str]] = []  # (slots, nonzero, who)
         self.producers: list[tuple[str, fx.Node, torch.Tensor]] = []  # (module, node, pruned)
         self.unsupported_producers: dict[str, str] = {}
@@ -730,7 +726,10 @@ class _Analysis:
             if self.channels(node) is not None:
                 self.pin(node, f"{_describe(node, self.modules)} (an item of a non-tensor value)")
                 self.zero[node] = None
-            if x.op == "call_function" and x.target is getattr and index == 1:
+            reads_shape = (x.op == "call_function" and x.target is getattr) or (
+                x.op == "call_method" and x.target == "size" and len(x.args) == 1 and not x.kwargs
+            )
+            if reads_shape and index == 1:
                 self.pin(x.args[0], f"{_describe(node, self.modules)} reads the channel count")
             return True
         full = slice(None, None, None)
@@ -970,13 +969,14 @@ class _Analysis:
         """Messages for pruned producer channels that were kept: (blocked, tied)."""
         blocked, tied = [], []
         seen: set[str] = set()
-        producer_slots: dict[int, list[tuple[str, bool]]] = {}
-        for target, pnode, pruned in self.producers:
+        producer_slots: dict[int, list[tuple[str, int, bool]]] = {}
+        for target, pnode, _pruned in self.producers:
             if pnode not in self.base:
                 continue
+            z = self.zero.get(pnode)
             for i, r in enumerate(self.roots[self.slots(pnode)].tolist()):
-                live = not bool(self.zero[pnode][i]) if self.zero.get(pnode) is not None else True
-                producer_slots.setdefault(r, []).append((target, live))
+                live = True if z is None else not bool(z[i])
+                producer_slots.setdefault(r, []).append((target, i, live))
         for target, pnode, pruned in self.producers:
             if target in seen:
                 continue
@@ -1000,7 +1000,10 @@ class _Analysis:
                     continue
                 kind, reason = self.why.get(r, ("pinned", "unknown"))
                 if kind == "nonzero":
-                    partners = [t for t, live in producer_slots.get(r, []) if live and t != target]
+                    partners = [
+                        t for t, j, live in producer_slots.get(r, [])
+                        if live and not (t == target and j == i)
+                    ]
                     if partners:
                         kind = "tied"
                         for t in partners:
@@ -1011,8 +1014,8 @@ class _Analysis:
                         origin = self._first_nonzero(r)
                         reason = (
                             f"non-zero after {origin} before it reaches {reason}"
-                            + ("; call sparsesearch.compact.dependent_masks after pruning"
-                               if "Norm" in origin else "")
+                            + ("; its shift is not masked: apply dependent_masks "
+                               "(sparsesearch.compact) after pruning" if "Norm" in origin else "")
                         )
                 kinds.add(kind)
                 reasons[reason] = reasons.get(reason, 0) + 1
@@ -1023,12 +1026,12 @@ class _Analysis:
             for reason, k in reasons.items():
                 if reason == "tied":
                     shown = ", ".join(tied_with[:4]) + (" ..." if len(tied_with) > 4 else "")
-                    parts.append(f"{k} tied by residual additions / shared channels to "
-                                 f"unpruned channels of {shown}")
+                    parts.append(f"{k} tied through their dependency group (residual addition, "
+                                 f"depthwise conv, shared layer) to unpruned channels of {shown}")
                 else:
                     parts.append(f"{k} by {reason}")
             msg = f"{target}: {kept_n} of {n_pruned} pruned channels kept ({'; '.join(parts)})"
-            (tied if kinds == {"tied"} else blocked).append(msg)
+            (tied if kinds <= {"tied", "balance", "keep-one"} else blocked).append(msg)
         return blocked, tied
 
     def _first_nonzero(self, root: int) -> str:
@@ -1041,6 +1044,10 @@ class _Analysis:
 
 
 class _Unsupported(Exception):
+    pass
+
+
+class _RunFailure(Exception):
     pass
 
 
@@ -1157,7 +1164,7 @@ def _check_inputs(example_input: Any, seed: int = 0) -> list[tuple]:
     batches = [args]
     if all(isinstance(a, torch.Tensor) and a.is_floating_point() for a in args):
         gen = torch.Generator().manual_seed(seed)
-        for _ in range(2):
+        for _ in range(1):
             batches.append(tuple(
                 torch.randn(a.shape, generator=gen, dtype=torch.float32).to(a.device, a.dtype)
                 for a in args
@@ -1185,15 +1192,34 @@ def _localize(masked, compacted, args, analysis: _Analysis, atol: float) -> str:
                 def hook(_m, _i, out, _t=target, _k=key):
                     got[_k].setdefault(_t, out)
                 handles.append(mods[target].register_forward_hook(hook))
+    entered: list[str] = []
+    finished: list[str] = []
+    cmods = dict(compacted.named_modules())
+    for target in analysis.calls:
+        if target in cmods:
+            handles.append(cmods[target].register_forward_pre_hook(
+                lambda _m, _i, _t=target: entered.append(_t)
+            ))
+            handles.append(cmods[target].register_forward_hook(
+                lambda _m, _i, _o, _t=target: finished.append(_t)
+            ))
+    failed = False
     try:
         with torch.no_grad():
             masked(*args)
             compacted(*args)
     except Exception:  # noqa: BLE001 - localisation is best effort
-        pass
+        failed = True
     finally:
         for h in handles:
             h.remove()
+    if failed and entered:
+        target = entered[-1]
+        node = next((n for n in analysis.calls[target]), None)
+        group = (analysis.group_of(node) if node is not None else []) or [target]
+        where = "after" if finished and finished[-1] == target else "in"
+        return (f"it fails {where} layer {target!r} ({type(cmods[target]).__name__}); "
+                f"layer group: {', '.join(group)}")
     for node in analysis.gm.graph.nodes:
         if node.op != "call_module" or node.target not in got["m"] or node.target not in got["c"]:
             continue
@@ -1217,6 +1243,23 @@ def _localize(masked, compacted, args, analysis: _Analysis, atol: float) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # public API
+
+
+def _check_runs(model: nn.Module, example_input: Any) -> None:
+    """A clear error when the model itself cannot run on ``example_input`` (a user error)."""
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*_as_args(example_input))
+    except Exception as exc:  # noqa: BLE001
+        raise SparsesearchError(
+            f"{type(model).__name__} fails on example_input of shape "
+            f"{tuple(getattr(example_input, 'shape', ()))}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        ) from exc
+    finally:
+        model.train(was)
 
 
 def _fallback(model: nn.Module, reason: str, params: int, **extra: Any) -> CompactResult:
@@ -1249,8 +1292,8 @@ def compact(
 
     ``example_input`` is one input batch (a tensor, or a tuple of positional inputs); it sets the
     shapes the model is traced with. With ``check`` (the default, and what the engine always
-    uses) the compacted and the masked model run in eval mode on ``example_input`` and two
-    seeded random batches of its shape; any ``|difference| > atol * max(1, max |output|)``
+    uses) the compacted and the masked model run in eval mode on ``example_input`` and a
+    seeded random batch of its shape; any ``|difference| > atol * max(1, max |output|)``
     raises :class:`CompactionError` naming the first layer that differs and its layer group.
 
     A model that cannot be compacted (``torch.fx`` cannot trace it, or an unsupported op blocks
@@ -1268,38 +1311,50 @@ def compact(
     try:
         masks, other = _strip_masks(work)
         gm = _trace(work)
-        shapes = _record_shapes(gm, example_input)
+        try:
+            shapes = _record_shapes(gm, example_input)
+        except Exception as exc:  # noqa: BLE001
+            _check_runs(model, example_input)
+            raise _TraceFailure(
+                f"the traced graph of {type(model).__name__} fails on example_input "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+            ) from exc
         modules = dict(work.named_modules())
         analysis = _Analysis(gm, modules, shapes, pinned_modules=other)
         analysis.decide()
         blocked, tied = analysis.report()
     except _TraceFailure as exc:
         return _fallback(model, str(exc), params_before)
+    except SparsesearchError:
+        raise
     except Exception as exc:  # noqa: BLE001 - never crash on a model we do not understand
         return _fallback(
             model, f"analysis failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
             params_before,
         )
-    for line in blocked:
-        warnings.warn(f"sparsesearch.compact: {line}", CompactionWarning, stacklevel=2)
-
     # surgery
     channels: dict[str, tuple[int, int]] = {}
     slicers: dict[str, _Slicer] = {}
     removed_channels = 0
     producer_names = {t for t, _, _ in analysis.producers}
-    for target, rz in analysis.resize.items():
-        module = modules[target]
-        keep_out = analysis.kept(rz.out_node)
-        keep_in = analysis.kept(rz.in_node) if rz.in_node in analysis.base else keep_out
-        n_out = analysis.count[rz.out_node]
-        n_in = analysis.count[rz.in_node] if rz.in_node in analysis.base else n_out
-        if len(keep_out) == n_out and len(keep_in) == n_in:
-            continue
-        slicers[target] = _resize_module(rz.kind, module, keep_in, keep_out)
-        channels[target] = (n_out, len(keep_out))
-        if target in producer_names:
-            removed_channels += n_out - len(keep_out)
+    try:
+        for target, rz in analysis.resize.items():
+            module = modules[target]
+            keep_out = analysis.kept(rz.out_node)
+            keep_in = analysis.kept(rz.in_node) if rz.in_node in analysis.base else keep_out
+            n_out = analysis.count[rz.out_node]
+            n_in = analysis.count[rz.in_node] if rz.in_node in analysis.base else n_out
+            if len(keep_out) == n_out and len(keep_in) == n_in:
+                continue
+            slicers[target] = _resize_module(rz.kind, module, keep_in, keep_out)
+            channels[target] = (n_out, len(keep_out))
+            if target in producer_names:
+                removed_channels += n_out - len(keep_out)
+    except Exception as exc:  # noqa: BLE001 - never crash: keep the masked model
+        return _fallback(
+            model, f"resizing layer {target!r} failed ({type(exc).__name__}: {exc})", params_before,
+            blocked=tuple(blocked), tied=tuple(tied),
+        )
     if not slicers:
         if blocked:
             return _fallback(
@@ -1310,6 +1365,8 @@ def compact(
             model=model, fallback=False, reason=None, blocked=(), tied=tuple(tied),
             params_before=params_before, params_after=params_before,
         )
+    for line in blocked:
+        warnings.warn(f"sparsesearch.compact: {line}", CompactionWarning, stacklevel=2)
     if keep_masks:
         for (mname, tname), mask in masks.items():
             module = modules[mname]
@@ -1323,7 +1380,10 @@ def compact(
 
     max_diff = None
     if check:
-        max_diff = _verify(model, work, example_input, analysis, atol)
+        try:
+            max_diff = _verify(model, work, example_input, analysis, atol)
+        except _RunFailure as exc:
+            return _fallback(model, str(exc), params_before, blocked=tuple(blocked), tied=tuple(tied))
     work.train(was_training)
     return CompactResult(
         model=work,
@@ -1350,10 +1410,10 @@ def _verify(masked: nn.Module, compacted: nn.Module, example_input: Any, analysi
                 ref = masked(*args)
                 try:
                     out = compacted(*args)
-                except Exception as exc:  # noqa: BLE001
-                    raise CompactionError(
+                except Exception as exc:  # noqa: BLE001 - e.g. a shape hard-coded out of sight
+                    raise _RunFailure(
                         f"the compacted model fails to run ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}); "
+                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); "
                         + _localize(masked, compacted, args, analysis, atol)
                     ) from exc
             diff, scale = _max_diff(ref, out)
