@@ -6,10 +6,12 @@ The public API is ``__all__``; every other name is private and may change.
 from __future__ import annotations
 
 from sparsesearch.budget import ParamCount, count_params
+from sparsesearch.compact import CompactionError, CompactResult, compact, compact_model
 from sparsesearch.data import Splits, list_datasets, load_dataset
 from sparsesearch.errors import BudgetError, PluginError, SparsesearchError, StrategyError
 from sparsesearch.hookspecs import hookimpl
 from sparsesearch.layers import find_layers
+from sparsesearch.macs import count_macs
 from sparsesearch.masks import load_masked_state_dict, make_permanent
 from sparsesearch.models import build_model, list_models
 from sparsesearch.plugins import StrategyInfo, get_strategy, list_strategies
@@ -23,6 +25,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BudgetError",
+    "CompactResult",
+    "CompactionError",
     "DenseSettings",
     "Layer",
     "ParamCount",
@@ -39,6 +43,9 @@ __all__ = [
     "StrategyInfo",
     "apply_recipe",
     "build_model",
+    "compact",
+    "compact_model",
+    "count_macs",
     "count_params",
     "find_layers",
     "get_strategy",

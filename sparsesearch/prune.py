@@ -135,6 +135,12 @@ def prune(
     if scope == "global":
         amounts = global_amounts(layers, scores, float(sparsity), strat.granularity)
     apply_sparsity(layers, scores, amounts, strat.granularity)
+    if strat.granularity == "channel":
+        from sparsesearch.compact import dependent_masks
+
+        # a masked filter's BatchNorm would output its shift: mask that too, so the masked
+        # model computes what the compacted one does
+        dependent_masks(model, example_input)
     return model
 
 

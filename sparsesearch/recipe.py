@@ -132,6 +132,13 @@ def split_epochs(epochs: int, steps: int) -> list[int]:
     return inter + [max(epochs - (steps - 1), 1 if epochs > 0 else 0)]
 
 
+def _example(splits: Any, device: Any) -> torch.Tensor:
+    """A couple of training inputs, to trace the model with."""
+    x = splits.train[0][0]
+    x2 = splits.train[min(1, len(splits.train) - 1)][0]
+    return torch.stack([x, x2]).to(device)
+
+
 def apply_recipe(
     model: nn.Module,
     recipe: Recipe | Mapping[str, Any] | str | Path,
@@ -141,6 +148,7 @@ def apply_recipe(
     scores: Mapping[str, torch.Tensor] | None = None,
     teacher: nn.Module | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    on_masked: Callable[[nn.Module, bool], None] | None = None,
     retrain: bool = True,
     inplace: bool = False,
 ) -> nn.Module:
@@ -149,7 +157,9 @@ def apply_recipe(
     ``data`` is a dataset name, a :class:`sparsesearch.data.Splits` or a ``(train, val[, test])``
     tuple. ``scores`` are the strategy's scores of the dense model when already computed (the
     search passes its per-study cache). With ``retrain=False`` only the masks are applied
-    (one step, the final amounts). Masks stay on the returned model; call
+    (one step, the final amounts). ``on_masked(model, final)`` is called after each prune
+    step's masks are applied, before its fine-tuning (the search checks structured counts
+    there, before any training). Masks stay on the returned model; call
     :func:`sparsesearch.make_permanent` to bake them in.
     """
     from sparsesearch.data import as_splits
@@ -192,6 +202,12 @@ def apply_recipe(
         else:  # prune steps after the first score the current (fine-tuned) model
             step_scores = compute_scores(work, layers, strategy, **score_kw)
         apply_sparsity(layers, step_scores, step_amount, strategy.granularity)
+        if strategy.granularity == "channel":
+            from sparsesearch.compact import dependent_masks
+
+            dependent_masks(work, _example(splits, device))
+        if on_masked is not None:
+            on_masked(work, step == steps - 1)
         if not retrain or epochs == 0:
             continue
         final = step == steps - 1

@@ -238,12 +238,24 @@ class _Objective:
                 trial.set_user_attr("pruned_at_epoch", epoch)
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} with val accuracy {acc:.4f}")
 
+        def check_masked(masked: nn.Module, final: bool) -> None:
+            # structured trials are counted on the compacted model; channels tied by a
+            # residual addition may stay, so check before any training of the final step
+            if final and strat.granularity == "channel":
+                counted, _ = self.measure(masked, "channel")
+                if counted > plan.budget_params:
+                    raise SparsesearchError(
+                        f"the compacted model keeps {counted} parameters, over the budget "
+                        f"{plan.budget_params}: channels tied by residual additions were kept"
+                    )
+
         model = apply_recipe(
             self.dense, recipe, self.splits, device=self.device,
-            scores=scores, teacher=self.teacher, on_epoch=on_epoch,
+            scores=scores, teacher=self.teacher, on_epoch=on_epoch, on_masked=check_masked,
         )
-        counted = count_params(model).remaining
+        counted, macs = self.measure(model, strat.granularity)
         trial.set_user_attr("params", int(counted))
+        trial.set_user_attr("macs", int(macs))
         if counted > plan.budget_params:  # cannot happen by construction; a backstop
             raise SparsesearchError(f"trial counts {counted} params, over the budget {plan.budget_params}")
         from sparsesearch.train import evaluate
@@ -259,16 +271,49 @@ class _Objective:
             return val, float(counted)
         return val
 
+    def measure(self, model: nn.Module, granularity: str) -> tuple[int, int]:
+        """Parameters counted against the budget, and MACs per sample. Structured models are
+        counted compacted (a removed channel is credited with the downstream weights it
+        kills); unstructured ones by their non-zero weights."""
+        import warnings
+
+        from sparsesearch.compact import compact
+        from sparsesearch.macs import count_macs
+        from sparsesearch.recipe import _example
+
+        x = _example(self.splits, self.device)
+        if granularity != "channel":
+            return count_params(model).remaining, count_macs(model, x, nonzero=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = compact(model, example_input=x)
+        if res.fallback:
+            return count_params(model).remaining, count_macs(model, x)
+        return int(res.params_after), count_macs(res.model, x)
+
     def scores_for(self, strategy: str, params: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         key = (strategy, json.dumps(params, sort_keys=True, default=str))
         if key not in self.score_cache:
             strat = plugins.get_strategy(strategy).strategy
             layers = find_layers(self.dense)
-            self.score_cache[key] = compute_scores(
-                self.dense, layers, strat, data=self.splits.train, seed=self.seed,
-                num_batches=self.num_batches, batch_size=self.space.batch_size,
-                device=self.device, params=params,
-            )
+
+            def compute() -> dict[str, torch.Tensor]:
+                return compute_scores(
+                    self.dense, layers, strat, data=self.splits.train, seed=self.seed,
+                    num_batches=self.num_batches, batch_size=self.space.batch_size,
+                    device=self.device, params=params,
+                )
+
+            score_dir = getattr(self, "score_dir", None)
+            if score_dir is None:
+                self.score_cache[key] = compute()
+            else:  # computed once per study, shared by its workers (file lock)
+                from sparsesearch.workers import cached_tensors
+
+                h = _fingerprint(self.score_key, key, self.seed, self.num_batches,
+                                 self.space.batch_size, [lay.name for lay in layers])
+                safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in strategy)
+                self.score_cache[key] = cached_tensors(Path(score_dir) / f"scores-{safe}-{h}.pt", compute)
         return self.score_cache[key]
 
 
@@ -383,7 +428,9 @@ def search(
         strategies: strategy names searched over (a categorical dimension).
         n_trials: trials to add in this call (a resumed study keeps its earlier trials).
         max_complete: stop once the study holds this many COMPLETE trials (several workers).
-        storage: an Optuna storage URL or object; default ``sqlite:///runs/<study_name>/study.db``.
+        storage: an Optuna storage URL, ``journal:PATH`` or storage object; default
+            ``sqlite:///runs/<study_name>/study.db`` (see :func:`sparsesearch.storage.make_storage`:
+            heartbeats, retries of an unreachable database).
         objective: ``"accuracy"`` (maximise validation accuracy) or ``"pareto"`` (maximise
             validation accuracy, minimise remaining parameters; no pruner).
         space: a :class:`SearchSpace` or a dict of its fields.
@@ -426,8 +473,10 @@ def search(
 
         net = load_checkpoint(net, checkpoint)
         trained = True if trained is None else trained
-    if storage is None:
-        storage = default_storage(study_name, runs_dir)
+    if not isinstance(storage, optuna.storages.BaseStorage):  # None, a URL or journal:PATH
+        from sparsesearch.storage import make_storage
+
+        storage = make_storage(storage, study_name=study_name, runs_dir=runs_dir)
     run_dir = Path(runs_dir) / study_name
     run_dir.mkdir(parents=True, exist_ok=True)
     data_key = _data_key(data, data_options)
@@ -452,6 +501,9 @@ def search(
 
     directions = ["maximize", "minimize"] if objective == "pareto" else ["maximize"]
     seeds = [(h, sv) for h in heuristics for sv in space.seed_values()]
+    from sparsesearch.workers import create_study_once, setup_owner
+
+    created = create_study_once(storage, study_name, directions)  # one of several workers
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
@@ -468,13 +520,13 @@ def search(
         "data": data if isinstance(data, str) else "(datasets)",
         "model": model if isinstance(model, str) else type(model).__name__,
     }
-    existing = study.user_attrs
+    owner, existing = setup_owner(study, created)  # attributes and seeds are written once
     if "budget_params" in existing and existing["budget_params"] != budget_params:
         raise SparsesearchError(
             f"study {study_name!r} was created with budget_params={existing['budget_params']}, "
             f"not {budget_params}; use another study name"
         )
-    if "budget_params" not in existing:
+    if owner:
         study.set_user_attr("budget_params", int(budget_params))
         study.set_user_attr("total_params", int(total_params))
         study.set_user_attr("settings", settings)
@@ -487,8 +539,10 @@ def search(
         strategies=strategies, plans=plans, space=space, seed=seed, dense=dense_model,
         splits=splits, device=torch_device, teacher=teacher, num_batches=num_batches,
         multi_objective=objective == "pareto", score_cache={}, keep_best=True,
+        score_dir=run_dir if isinstance(data, str) else None,
+        score_key=(data_key, _state_fingerprint(dense_model)),
     )
-    if "budget_params" not in existing:
+    if owner:
         first = infos[0].strategy
         plan = plans[first.granularity]
         scores = obj.scores_for(first.name, {}) if any(h in ("global", "lamp") for h in heuristics) else None
@@ -506,13 +560,11 @@ def search(
         study.set_user_attr("seeds_enqueued", len(seeds))
     cbs: list[Callable] = list(callbacks)
     cbs.append(lambda s, t: _observe_trial(s, t))
-    if max_complete is not None:
-        cbs.append(optuna.study.MaxTrialsCallback(max_complete, states=(optuna.trial.TrialState.COMPLETE,)))
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are logged once, by us
-    study.optimize(
-        obj, n_trials=n_trials, timeout=timeout, catch=(Exception,), callbacks=cbs,
-        show_progress_bar=show_progress, gc_after_trial=False,
-    )
+    from sparsesearch.workers import run_study  # max_complete: exact with several workers
+
+    run_study(study, obj, n_trials=n_trials, timeout=timeout, max_complete=max_complete,
+              callbacks=cbs, show_progress_bar=show_progress)
     return _result(study, obj, dense_model, splits, torch_device, dense_val, budget_params,
                    total_params, evaluate_test=evaluate_test, objective=objective)
 

@@ -187,3 +187,24 @@ def test_strategy_that_raises_fails_only_its_trial(tmp_path, runs_dir):
             assert "boom" in t.user_attrs["traceback"]
     finally:
         sparsesearch.plugins.reset_plugins()
+
+
+def test_structured_trials_are_counted_compacted(tmp_path, runs_dir):
+    from sparsesearch.compact import compact
+
+    r = sparsesearch.search(
+        "digits-cnn", "digits", 0.3, strategies=["l1-filter"], n_trials=3,
+        storage=f"sqlite:///{tmp_path / 's.db'}", study_name="structured", runs_dir=runs_dir,
+        dense={"epochs": 3, "lr": 0.1}, space={"lr": 0.1, "epochs": 1},
+        heuristics=["uniform", "lamp"],
+    )
+    complete = r.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert complete
+    for t in complete:
+        assert t.user_attrs["params"] <= r.budget_params
+        assert t.user_attrs["macs"] > 0
+    train = sparsesearch.load_dataset("digits").train
+    x = torch.stack([train[0][0], train[1][0]])
+    small = compact(r.model, example_input=x).model
+    assert sum(p.numel() for p in small.parameters()) == r.params
+    assert r.params < count_params(r.dense_model).total
