@@ -125,6 +125,7 @@ class BudgetPlan:
     fixed_params: int  # parameters that no allocation removes
     layers: tuple[LayerBudget, ...]
     granularity: str
+    metric: str = "params"  # what the *_params fields count: "params" or "macs" (per sample)
 
     @property
     def min_feasible(self) -> int:
@@ -279,6 +280,31 @@ def resolve_budget(budget: int | float, total: int) -> int:
     raise SparsesearchError(f"budget must be an int or a float in (0, 1], got {budget=}")
 
 
+def _positions(model: nn.Module, layers: Sequence[Layer], example_input: torch.Tensor) -> dict[str, int]:
+    """Output positions per sample of each layer (H×W… for convs, 1 for Linear)."""
+    out: dict[str, int] = {}
+    handles = []
+    for layer in layers:
+        def hook(module, _inp, output, _name=layer.name):
+            per_sample = output[0] if output.dim() > 1 else output
+            out[_name] = int(per_sample.numel() // per_sample.shape[0]) if isinstance(
+                module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else int(per_sample.numel() // module.out_features)
+        handles.append(layer.module.register_forward_hook(hook))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    missing = [layer.name for layer in layers if layer.name not in out]
+    if missing:
+        raise SparsesearchError(f"layer {missing[0]!r} did not run on the example input; cannot count its MACs")
+    return out
+
+
 def plan_budget(
     model: nn.Module,
     layers: Sequence[Layer],
@@ -287,14 +313,31 @@ def plan_budget(
     granularity: str = "weight",
     min_sparsity: float | Mapping[str, float] = 0.0,
     max_sparsity: float | Mapping[str, float] = 0.999,
+    metric: str = "params",
+    example_input: torch.Tensor | None = None,
 ) -> BudgetPlan:
     """The budget plan of ``model``: which parameters the layers can give up, and the limits.
+
+    ``metric="macs"`` plans a budget of multiply-accumulates per sample instead (Linear and
+    Conv layers, as :func:`sparsesearch.count_macs` counts them; needs ``example_input``): a
+    pruned weight saves one MAC per output position.
 
     Raises :class:`BudgetError` when the budget is below the feasible minimum (non-prunable
     parameters plus each layer's minimum), with that minimum in the message.
     """
-    counts = count_params(model)
-    budget_params = resolve_budget(budget, counts.total)
+    if metric not in ("params", "macs"):
+        raise SparsesearchError(f"budget metric must be 'params' or 'macs', got {metric=}")
+    if metric == "macs":
+        if example_input is None:
+            raise SparsesearchError("a MACs budget needs an example input to measure the layers")
+        from sparsesearch.macs import count_macs
+
+        total = int(count_macs(model, example_input))
+        positions = _positions(model, layers, example_input)
+    else:
+        total = count_params(model).total
+        positions = {}
+    budget_units = resolve_budget(budget, total)
 
     def limit(value: float | Mapping[str, float], name: str, default: float) -> float:
         v = value.get(name, default) if isinstance(value, Mapping) else value
@@ -303,18 +346,20 @@ def plan_budget(
         return v
 
     lbs = []
-    prunable_params = 0
+    prunable = 0
     for layer in layers:
         w = layer.module.weight
+        bias = getattr(layer.module, "bias", None)
         if granularity == "channel":
             units = int(w.shape[0])
-            bias = getattr(layer.module, "bias", None)
-            unit_params = int(w[0].numel()) + (1 if bias is not None else 0)
-            prunable_params += units * unit_params
+            if metric == "macs":
+                unit_cost = int(w[0].numel()) * positions[layer.name]
+            else:
+                unit_cost = int(w[0].numel()) + (1 if bias is not None else 0)
         else:
             units = int(w.numel())
-            unit_params = 1
-            prunable_params += units
+            unit_cost = positions[layer.name] if metric == "macs" else 1
+        prunable += units * unit_cost
         lo = limit(min_sparsity, layer.name, 0.0)
         hi = limit(max_sparsity, layer.name, 0.999)
         if granularity == "channel" and layer.is_output:
@@ -322,18 +367,20 @@ def plan_budget(
         max_keep = units - int(round(lo * units))
         min_keep = max(1, units - min(int(round(hi * units)), units - 1))
         min_keep = min(min_keep, max_keep)
-        lbs.append(LayerBudget(layer.name, units, unit_params, min_keep, max_keep, tuple(w.shape)))
+        lbs.append(LayerBudget(layer.name, units, unit_cost, min_keep, max_keep, tuple(w.shape)))
     plan = BudgetPlan(
-        budget_params=budget_params,
-        total_params=counts.total,
-        fixed_params=counts.total - prunable_params,
+        budget_params=budget_units,
+        total_params=total,
+        fixed_params=total - prunable,
         layers=tuple(lbs),
         granularity=granularity,
+        metric=metric,
     )
-    if budget_params < plan.min_feasible:
+    if budget_units < plan.min_feasible:
+        what = "parameters" if metric == "params" else "MACs per sample"
         raise BudgetError(
-            f"budget of {budget_params} parameters is infeasible: the feasible minimum is "
+            f"budget of {budget_units} {what} is infeasible: the feasible minimum is "
             f"{plan.min_feasible} ({plan.fixed_params} non-prunable + per-layer minimum); "
-            f"total is {counts.total}"
+            f"total is {total}"
         )
     return plan

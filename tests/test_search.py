@@ -208,3 +208,25 @@ def test_structured_trials_are_counted_compacted(tmp_path, runs_dir):
     small = compact(r.model, example_input=x).model
     assert sum(p.numel() for p in small.parameters()) == r.params
     assert r.params < count_params(r.dense_model).total
+
+
+def test_mac_budget_is_met_by_every_trial(tmp_path, runs_dir):
+    from sparsesearch.macs import count_macs
+
+    r = sparsesearch.search(
+        "digits-cnn", "digits", 0.25, budget_metric="macs", n_trials=4,
+        storage=f"sqlite:///{tmp_path / 'm.db'}", study_name="macs", runs_dir=runs_dir,
+        dense={"epochs": 3, "lr": 0.1}, space={"lr": 0.1, "epochs": 1},
+        heuristics=["uniform", "erk"],
+    )
+    train = sparsesearch.load_dataset("digits").train
+    x = torch.stack([train[0][0], train[1][0]])
+    total = count_macs(r.dense_model, x)
+    attrs = r.study.user_attrs
+    assert attrs["budget_metric"] == "macs" and attrs["total_macs"] == total
+    assert attrs["budget_macs"] == math.floor(0.25 * total) == r.budget_params
+    complete = r.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 4
+    for t in complete:
+        assert t.user_attrs["macs"] <= attrs["budget_macs"]
+    assert count_macs(r.model, x, nonzero=True) <= attrs["budget_macs"]
