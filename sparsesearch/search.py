@@ -72,6 +72,7 @@ class SearchResult:
     total_params: int
     budget_params: int
     pareto_front: list[optuna.trial.FrozenTrial] = dataclasses.field(default_factory=list)
+    budget_metric: str = "params"  # with "macs", budget_params is a MAC budget per sample
 
     @property
     def compression(self) -> float:
@@ -156,6 +157,11 @@ def _prepare_dense(
     if cache_dir is not None:
         key = _fingerprint(type(model).__name__, str(model), _state_fingerprint(model), data_key, seed, dense)
         cache_path = cache_dir / f"dense-{key}.pt"
+    if cache_path is not None and cache_path.is_file():
+        log.info("dense model: loading the cached %s", cache_path)
+    else:
+        log.info("dense model: training %s for %d epochs%s", type(model).__name__, dense.epochs,
+                 f" (cached as {cache_path})" if cache_path is not None else "")
     return train_dense(
         model, splits, epochs=dense.epochs, lr=dense.lr, optimizer=dense.optimizer,
         batch_size=dense.batch_size, seed=seed, device=device, cache_path=cache_path,
@@ -223,7 +229,8 @@ class _Objective:
         trial.set_user_attr("heuristic", heuristic)
         trial.set_user_attr("granularity", strat.granularity)
         trial.set_user_attr("sparsity", {k: round(v, 8) for k, v in sparsity.items()})
-        trial.set_user_attr("params", int(expected))
+        if plan.metric == "params":
+            trial.set_user_attr("params", int(expected))
         trial.set_user_attr("recipe", recipe.to_dict())
 
         can_prune = not self.multi_objective and not heuristic
@@ -242,10 +249,11 @@ class _Objective:
             # structured trials are counted on the compacted model; channels tied by a
             # residual addition may stay, so check before any training of the final step
             if final and strat.granularity == "channel":
-                counted, _ = self.measure(masked, "channel")
-                if counted > plan.budget_params:
+                counted, masked_macs = self.measure(masked, "channel")
+                value = masked_macs if plan.metric == "macs" else counted
+                if value > plan.budget_params:
                     raise SparsesearchError(
-                        f"the compacted model keeps {counted} parameters, over the budget "
+                        f"the compacted model keeps {value} {plan.metric}, over the budget "
                         f"{plan.budget_params}: channels tied by residual additions were kept"
                     )
 
@@ -256,8 +264,11 @@ class _Objective:
         counted, macs = self.measure(model, strat.granularity)
         trial.set_user_attr("params", int(counted))
         trial.set_user_attr("macs", int(macs))
-        if counted > plan.budget_params:  # cannot happen by construction; a backstop
-            raise SparsesearchError(f"trial counts {counted} params, over the budget {plan.budget_params}")
+        value = macs if plan.metric == "macs" else counted
+        if value > plan.budget_params:  # cannot happen by construction; a backstop
+            raise SparsesearchError(
+                f"trial counts {value} {plan.metric}, over the budget {plan.budget_params}"
+            )
         from sparsesearch.train import evaluate
 
         val = evaluate(model, self.splits.val, device=self.device)
@@ -416,6 +427,7 @@ def search(
     data_options: Mapping[str, Any] | None = None,
     checkpoint: str | os.PathLike | None = None,
     local_fraction: float = 0.5,
+    budget_metric: str = "params",
 ) -> SearchResult:
     """Search per-layer sparsity and retrain settings of ``model`` under ``budget``.
 
@@ -434,6 +446,9 @@ def search(
         objective: ``"accuracy"`` (maximise validation accuracy) or ``"pareto"`` (maximise
             validation accuracy, minimise remaining parameters; no pruner).
         space: a :class:`SearchSpace` or a dict of its fields.
+        budget_metric: ``"params"`` (default) or ``"macs"``: the budget counts
+            multiply-accumulates per sample of the Linear/Conv layers instead of parameters
+            (an int is a MAC count, a float the fraction of the dense model's MACs).
         local_fraction: share of the trials after the seeds that perturb the best trial so
             far instead of following TPE (0 = plain TPE).
         data_options: keyword arguments of :func:`sparsesearch.data.load_dataset` for a named
@@ -487,6 +502,9 @@ def search(
     )
     dense_model.eval()
     layers = find_layers(dense_model, include=include, exclude=exclude)
+    from sparsesearch.recipe import _example
+
+    example = _example(splits, torch_device)
     plans = {}
     for info in infos:
         g = info.strategy.granularity
@@ -494,9 +512,10 @@ def search(
             plans[g] = plan_budget(
                 dense_model, layers, budget, granularity=g,
                 min_sparsity=space.min_sparsity, max_sparsity=space.max_sparsity,
+                metric=budget_metric, example_input=example,
             )
     budget_params = next(iter(plans.values())).budget_params
-    total_params = next(iter(plans.values())).total_params
+    total_params = count_params(dense_model).total
     dense_val = evaluate(dense_model, splits.val, device=torch_device)
 
     directions = ["maximize", "minimize"] if objective == "pareto" else ["maximize"]
@@ -521,14 +540,18 @@ def search(
         "model": model if isinstance(model, str) else type(model).__name__,
     }
     owner, existing = setup_owner(study, created)  # attributes and seeds are written once
-    if "budget_params" in existing and existing["budget_params"] != budget_params:
+    budget_key = "budget_params" if budget_metric == "params" else "budget_macs"
+    if budget_key in existing and existing[budget_key] != budget_params:
         raise SparsesearchError(
-            f"study {study_name!r} was created with budget_params={existing['budget_params']}, "
+            f"study {study_name!r} was created with {budget_key}={existing[budget_key]}, "
             f"not {budget_params}; use another study name"
         )
     if owner:
-        study.set_user_attr("budget_params", int(budget_params))
+        study.set_user_attr(budget_key, int(budget_params))
+        study.set_user_attr("budget_metric", budget_metric)
         study.set_user_attr("total_params", int(total_params))
+        if budget_metric == "macs":
+            study.set_user_attr("total_macs", int(next(iter(plans.values())).total_params))
         study.set_user_attr("settings", settings)
         study.set_user_attr("dense_val_accuracy", float(dense_val))
         study.set_user_attr("val_size", len(splits.val))
@@ -616,6 +639,7 @@ def _result(study, obj, dense_model, splits, device, dense_val, budget_params, t
         val_accuracy=float(best.values[0]), test_accuracy=test_acc, dense_val_accuracy=dense_val,
         dense_test_accuracy=dense_test, params=int(best.user_attrs["params"]),
         total_params=total_params, budget_params=budget_params, pareto_front=front,
+        budget_metric=study.user_attrs.get("budget_metric", "params"),
     )
     for problem in plugins.call_observers("sparsesearch_study_end", study=study, result=result):
         log.warning("%s", problem)
