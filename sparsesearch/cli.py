@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display, warnings only")
     p.add_argument("--no-report", action="store_true", help="skip report.md and the plots")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="local worker processes sharing the study, torch threads split between "
+                        "them (default 1; the default storage is then RUNS/NAME/journal.log)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -148,8 +152,36 @@ def _setup_logging(quiet: bool, progress: Any = None) -> logging.Handler:
     return handler
 
 
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^:/@\s]*:)[^@\s]+@")
+
+
+def scrub(text: str) -> str:
+    """``text`` on one line, with the password of any ``scheme://user:password@`` URL masked."""
+    return _URL_PASSWORD.sub(r"\1***@", " ".join(str(text).split()))
+
+
 def _err(msg: str) -> None:
-    print(f"sparsesearch: error: {' '.join(str(msg).split())}", file=sys.stderr)
+    print(f"sparsesearch: error: {scrub(msg)}", file=sys.stderr)
+
+
+def _check_storage(url: str) -> None:
+    """Connect (and create the schema) before any training, so a bad URL fails fast."""
+    import optuna
+
+    from sparsesearch.errors import SparsesearchError
+    from sparsesearch.search import mask_url
+
+    from sparsesearch.storage import make_storage
+
+    try:  # retries an unreachable server (one warning line each), then one error line
+        make_storage(url, study_name="-", heartbeat_interval=None)
+    except SparsesearchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - driver missing, unreachable server, bad URL
+        first = scrub(str(exc))[:300]
+        raise SparsesearchError(
+            f"cannot open storage {mask_url(url)}: {type(exc).__name__}: {first}"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,13 +244,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sparsesearch.search import mask_url, search
 
     cfg = _load_config(args)
-    progress = None if args.quiet else Progress(cfg.n_trials, timeout=cfg.timeout)
-    _setup_logging(args.quiet, progress)
+    handler = _setup_logging(args.quiet)
     runs_dir = Path(args.runs_dir)
     run_dir = runs_dir / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     kwargs = cfg.search_kwargs(runs_dir)
+    workers = getattr(args, "workers", 1)
+    if workers < 1:
+        from sparsesearch.errors import SparsesearchError
+
+        raise SparsesearchError(f"--workers must be >= 1, got {workers}")
+    if not cfg.storage:  # the run folder's default: a journal file for several workers
+        from sparsesearch.storage import resolve_storage_spec
+
+        kwargs["storage"] = resolve_storage_spec(None, study_name=cfg.name, runs_dir=runs_dir,
+                                                 workers=workers)
     storage = kwargs["storage"]
+    _check_storage(storage)
     limits = []
     if cfg.n_trials is not None:
         limits.append(f"{cfg.n_trials} trials")
@@ -226,8 +268,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         limits.append(f"at most {format_duration(cfg.timeout)}")
     if cfg.max_complete is not None:
         limits.append(f"until {cfg.max_complete} complete")
-    log.info("study %r in %s: adding %s (%s on %s, budget %s; dense model first, cached in %s)",
-             cfg.name, mask_url(storage), " / ".join(limits), cfg.model, cfg.data, cfg.budget, run_dir)
+    # shown with the first trial, so errors before it (data, model, budget) stay one line
+    header = (f"sparsesearch: study {cfg.name!r} in {mask_url(storage)}: adding "
+              f"{' / '.join(limits)} ({cfg.model} on {cfg.data}, budget {cfg.budget})")
+    progress = None if args.quiet else Progress(cfg.n_trials, timeout=cfg.timeout, header=header)
+    handler.progress = progress
     recorded: list[bool] = []
 
     def record_config(study: Any, trial: Any) -> None:
@@ -241,7 +286,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     torch.manual_seed(cfg.seed)  # the model's initial weights (and so the dense cache key)
     started = time.monotonic()
     try:
-        result = search(**kwargs, callbacks=callbacks)
+        if workers > 1:
+            from sparsesearch.workers import run_workers
+
+            result = run_workers(workers, search_kwargs=dict(kwargs, callbacks=callbacks))
+        else:
+            result = search(**kwargs, callbacks=callbacks)
+    except KeyboardInterrupt:  # the running trial is marked FAIL by Optuna; say how to resume
+        from sparsesearch.workers import resume_hint
+
+        if progress is not None:
+            progress.close()
+        print("\nsparsesearch: " + resume_hint(cfg.name, args.storage, study_file=args.study or cfg.path,
+                                               workers=workers), file=sys.stderr)
+        return 130
     finally:
         if progress is not None:
             progress.close()
@@ -309,6 +367,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)  # usage errors: argparse prints and exits 2
     from sparsesearch.errors import SparsesearchError
 
+    user_errors: tuple[type[BaseException], ...] = (SparsesearchError, ValueError, OSError)
+    try:  # NaN loss in dense training: a setting to change (the dense learning rate), not a bug
+        from sparsesearch.train import NonFiniteLossError
+
+        user_errors += (NonFiniteLossError,)
+    except ImportError:  # pragma: no cover
+        pass
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -321,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError:
             pass
         return 0
-    except (SparsesearchError, ValueError, OSError) as exc:
+    except user_errors as exc:
         msg = str(exc) or type(exc).__name__
         if isinstance(exc, OSError) and getattr(exc, "filename", None) and str(exc.filename) not in msg:
             msg = f"{msg}: {exc.filename}"

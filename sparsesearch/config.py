@@ -180,10 +180,13 @@ class StudyConfig:
         return out
 
     def storage_url(self, runs_dir: str | os.PathLike = "runs") -> str:
-        """The storage URL: ``storage`` or the default SQLite file under ``runs_dir``."""
-        if self.storage:
-            return self.storage
-        return f"sqlite:///{Path(runs_dir) / self.name / 'study.db'}"
+        """The storage: ``storage``, else the run folder's default (``sqlite:///RUNS/NAME/study.db``,
+        or ``journal:RUNS/NAME/journal.log`` when only a journal exists there)."""
+        try:
+            from sparsesearch.storage import resolve_storage_spec
+        except ImportError:  # pragma: no cover
+            return self.storage or f"sqlite:///{Path(runs_dir) / self.name / 'study.db'}"
+        return resolve_storage_spec(self.storage or None, study_name=self.name, runs_dir=runs_dir)
 
     def search_kwargs(self, runs_dir: str | os.PathLike = "runs") -> dict[str, Any]:
         """Keyword arguments of :func:`sparsesearch.search`: ``search(**cfg.search_kwargs())``.

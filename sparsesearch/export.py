@@ -232,6 +232,10 @@ def _from_best_file(study: optuna.Study, trial: FrozenTrial, run_dir: Path) -> d
         return None
     if recipe.extra.get("study") != study.study_name or recipe.extra.get("trial") != trial.number:
         return None
+    stored = Recipe.from_dict(trial.user_attrs["recipe"])
+    same = ("strategy", "sparsity", "retrain", "seed", "strategy_params", "granularity")
+    if any(getattr(recipe, f) != getattr(stored, f) for f in same):  # another study of that name
+        return None
     return torch.load(model_file, map_location="cpu", weights_only=True)
 
 
@@ -276,7 +280,7 @@ def export_trial(
     t = pick_trial(study, trial)
     stored = float(t.values[0])
     run_dir = Path(runs_dir) / study.study_name
-    state = _from_best_file(study, t, run_dir) if trial is None or trial == t.number else None
+    state = _from_best_file(study, t, run_dir)
     if state is not None:
         recipe = trial_recipe(study, t)
         model_path, recipe_path = write_export(state, recipe, out)

@@ -49,6 +49,7 @@ class Progress:
         stream: IO[str] | None = None,
         tty: bool | None = None,
         width: int = 100,
+        header: str | None = None,
     ) -> None:
         self.n_trials = n_trials
         self.timeout = timeout
@@ -61,6 +62,7 @@ class Progress:
         self.states: dict[str, int] = {}
         self._line = ""
         self._initialised = False
+        self.header = header  # printed once, before the first status line
 
     # -- the callback -------------------------------------------------------------------------
 
@@ -124,6 +126,9 @@ class Progress:
     # -- drawing ------------------------------------------------------------------------------
 
     def show(self, line: str) -> None:
+        if self.header:
+            self.stream.write(self.header + "\n")
+            self.header = None
         if self.tty:
             line = line[: self.width]
             self.stream.write("\r\033[K" + line)

@@ -42,17 +42,38 @@ def sqlite_path(url: str) -> Path | None:
     return Path(rest)
 
 
+def _storage_file(url: str) -> Path | None:
+    """The file an SQLite URL or a journal storage lives in (None for server databases)."""
+    path = sqlite_path(url)
+    if path is not None:
+        return path
+    if url.startswith("journal:"):
+        return Path(url[len("journal:"):]).expanduser()
+    if "://" not in url and url.endswith((".log", ".journal")):
+        return Path(url).expanduser()
+    return None
+
+
 def open_study(storage: str, study_name: str | None) -> optuna.Study:
-    """Load a stored study; user errors (no such file, no such study) as one-line
-    :class:`SparsesearchError` s. Never creates a database."""
+    """Load a stored study (SQLAlchemy URL or ``journal:PATH``); user errors (no such file, no
+    such study, unreachable database) as one-line :class:`SparsesearchError` s. Never creates
+    a database."""
     from sparsesearch.search import mask_url
 
     shown = mask_url(storage)
-    path = sqlite_path(storage)
+    path = _storage_file(storage)
     if path is not None and not path.is_file():
         raise SparsesearchError(f"no study database at {path} (storage {shown}); run the study first")
     try:
-        names = optuna.study.get_all_study_names(storage=storage)
+        from sparsesearch.storage import make_storage
+
+        store: Any = make_storage(storage, study_name=study_name or "-", heartbeat_interval=None)
+    except ImportError:  # pragma: no cover - without the storage module: plain Optuna URLs
+        store = storage
+    try:
+        names = optuna.study.get_all_study_names(storage=store)
+    except SparsesearchError:
+        raise
     except Exception as exc:  # noqa: BLE001 - bad URL, driver missing, unreachable server
         first = " ".join(str(exc).split())[:300]
         raise SparsesearchError(f"cannot open storage {shown}: {type(exc).__name__}: {first}") from None
@@ -65,7 +86,7 @@ def open_study(storage: str, study_name: str | None) -> optuna.Study:
     if study_name not in names:
         listed = ", ".join(names) if names else "none"
         raise SparsesearchError(f"no study named {study_name!r} in {shown}; studies there: {listed}")
-    return optuna.load_study(study_name=study_name, storage=storage)
+    return optuna.load_study(study_name=study_name, storage=store)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +210,7 @@ def plot_history(study: optuna.Study, path: Path) -> Path:
     ax.set_ylabel("validation accuracy")
     ax.grid(alpha=0.3)
     if complete or pruned:
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8, framealpha=0.85)
     fig.savefig(path, dpi=110)
     return path
 
@@ -244,7 +265,7 @@ def plot_accuracy_vs_params(study: optuna.Study, path: Path) -> Path:
     ax.set_ylabel("validation accuracy")
     ax.grid(alpha=0.3)
     if pts:
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8, framealpha=0.85)
     fig.savefig(path, dpi=110)
     return path
 

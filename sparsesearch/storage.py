@@ -1,0 +1,554 @@
+"""Where a study lives: Optuna storages for one or many workers, with heartbeats and retries.
+
+:func:`make_storage` turns what the user wrote (nothing, a journal file, a SQLAlchemy URL) into
+an Optuna storage that is safe for the number of workers that will share it:
+
+- nothing: ``sqlite:///RUNS/NAME/study.db`` for one worker; Optuna's journal file
+  ``RUNS/NAME/journal.log`` for several local workers (SQLite with several writers is not
+  safe). A later single-worker run of a study that only has a ``journal.log`` keeps using it.
+- ``journal:PATH`` or a path ending in ``.log`` / ``.journal``: journal file storage.
+- a SQLAlchemy URL (``sqlite:///...``, ``postgresql://...``, ``mysql://...``): RDB storage.
+
+Both kinds get heartbeats: a worker records one every ``heartbeat_interval`` seconds while a
+trial runs, and a RUNNING trial whose heartbeat is older than ``grace_period`` (its worker was
+killed) is marked FAIL by whichever worker looks next and queued again (WAITING, same
+parameters, user attribute ``retry_of`` = the original trial number; at most 3 retries).
+Optuna implements this for RDB storage; :class:`HeartbeatJournalStorage` adds it to the journal.
+
+A database that does not answer is retried with one warning line per attempt (password
+masked), then reported as one :class:`SparsesearchError`; an operation interrupted by a lost
+connection is rolled back by the database, so no trial is half written (a trial whose worker
+lost the database stays RUNNING until a heartbeat check marks it FAIL and queues it again).
+
+Environment: ``SPARSESEARCH_HEARTBEAT_INTERVAL`` / ``SPARSESEARCH_HEARTBEAT_GRACE`` (seconds)
+replace the defaults of ``heartbeat_interval`` / ``grace_period``;
+``SPARSESEARCH_DB_RETRIES`` / ``SPARSESEARCH_DB_RETRY_WAIT`` those of ``connect_retries`` /
+``retry_wait``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from sparsesearch.errors import SparsesearchError
+
+__all__ = [
+    "HEARTBEAT_ATTR",
+    "RETRY_OF_ATTR",
+    "WORKER_ATTR",
+    "HeartbeatJournalStorage",
+    "RetryStaleTrial",
+    "describe_storage_error",
+    "is_connection_error",
+    "is_storage_error",
+    "make_storage",
+    "resolve_storage_spec",
+    "storage_label",
+]
+
+log = logging.getLogger("sparsesearch")
+
+DEFAULT_HEARTBEAT_INTERVAL = 20
+HEARTBEAT_ATTR = "sparsesearch:heartbeat"  # trial system attr of journal heartbeats (unix time)
+WORKER_ATTR = "sparsesearch:worker"  # trial system attr: "host:pid" of the worker running it
+_WORKER_ATTRS = (HEARTBEAT_ATTR, WORKER_ATTR)  # not carried over to a retry
+RETRY_OF_ATTR = "retry_of"  # user attr of a re-run: number of the original (stale) trial
+MAX_RETRY = 3
+
+# user attributes a trial writes while it runs: not carried over to its retry
+_RUN_ATTRS = frozenset({
+    "strategy", "granularity", "sparsity", "params", "recipe", "val_accuracy", "pruned_at_epoch",
+    "fail_reason", "traceback", "surplus",
+})
+
+_DEFAULT: Any = object()  # "not given": the environment or the built-in default applies
+
+
+# ---------------------------------------------------------------------------------------------
+# naming
+
+
+def _mask(url: str) -> str:
+    from sparsesearch.search import mask_url
+
+    return mask_url(url)
+
+
+def resolve_storage_spec(
+    spec: str | os.PathLike | None, *, study_name: str, runs_dir: str | os.PathLike = "runs",
+    workers: int = 1,
+) -> str:
+    """The storage ``spec`` names, as a string: a SQLAlchemy URL or ``journal:PATH``.
+
+    ``None`` is the default of the run folder ``runs_dir/study_name``: ``journal:.../journal.log``
+    when ``workers > 1`` or when only a journal exists there, else ``sqlite:///.../study.db``.
+    ``postgres://`` is accepted for ``postgresql://``.
+    """
+    if spec is None:
+        run_dir = Path(runs_dir) / study_name
+        journal, db = run_dir / "journal.log", run_dir / "study.db"
+        if workers > 1 or (journal.is_file() and not db.is_file()):
+            return f"journal:{journal}"
+        return f"sqlite:///{db}"
+    s = os.fspath(spec).strip()
+    if not s:
+        raise SparsesearchError("the storage is empty: give a URL (sqlite:///..., postgresql://...) "
+                                "or journal:PATH")
+    if s.startswith("journal:"):
+        if not s[len("journal:"):]:
+            raise SparsesearchError("journal: needs a file path, e.g. journal:runs/study/journal.log")
+        return s
+    if "://" not in s:
+        if s.endswith((".log", ".journal")):
+            return f"journal:{s}"
+        raise SparsesearchError(
+            f"storage {s!r} is neither a URL (sqlite:///FILE, postgresql://USER@HOST/DB, "
+            "mysql://...) nor a journal file (journal:PATH, or a path ending in .log)"
+        )
+    if s.startswith("postgres://"):
+        s = "postgresql://" + s[len("postgres://"):]
+    if s.split("://", 1)[0].startswith("redis"):
+        raise SparsesearchError("redis storage is not supported; use postgresql://... or journal:PATH")
+    return s
+
+
+def storage_label(storage: str | BaseStorage | None) -> str:
+    """A storage as it may be printed (a URL with its password masked)."""
+    if storage is None:
+        return "(default storage)"
+    if isinstance(storage, str):
+        return _mask(storage)
+    inner = getattr(storage, "_backend", storage)
+    if isinstance(inner, RDBStorage):
+        return _mask(inner.url)
+    backend = getattr(storage, "_backend", None)
+    path = getattr(backend, "_file_path", None)
+    if path is not None:
+        return f"journal:{path}"
+    return type(storage).__name__
+
+
+def _env_number(name: str, default: Any, cast: Callable[[str], Any], *, off: Any = None) -> Any:
+    """``cast($name)``; ``default`` when unset; ``off`` for ``none``/``off``."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if value.lower() in ("none", "off"):
+        return off
+    try:
+        return cast(value)
+    except ValueError:
+        raise SparsesearchError(f"{name}={value!r} is not a number") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# retrying stale trials
+
+
+class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
+    """Optuna's :class:`~optuna.storages.RetryHeartbeatStaleTrialCallback` (same system
+    attributes ``failed_trial`` / ``retry_history``, same ``max_retry`` rule), plus: the retry
+    gets the user attribute ``retry_of`` (the original trial's number), keeps the trial's
+    inputs (``heuristic`` and the like) but not what the dead run wrote, drops the journal
+    heartbeat, and one warning line is logged."""
+
+    def __init__(self, max_retry: int | None = MAX_RETRY) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            super().__init__(max_retry=max_retry, inherit_intermediate_values=False)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        system_attrs: dict[str, Any] = {
+            "failed_trial": trial.number,
+            "retry_history": [],
+            **{k: v for k, v in trial.system_attrs.items() if k not in _WORKER_ATTRS},
+        }
+        system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
+        if self._max_retry is not None and self._max_retry < len(system_attrs["retry_history"]):
+            log.warning("trial %d stopped sending heartbeats (its worker died?): marked FAIL; "
+                        "not queued again (already retried %d times)", trial.number, self._max_retry)
+            return
+        user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in _RUN_ATTRS}
+        user_attrs[RETRY_OF_ATTR] = system_attrs["failed_trial"]
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                params=trial.params,
+                distributions=trial.distributions,
+                user_attrs=user_attrs,
+                system_attrs=system_attrs,
+            )
+        )
+        log.warning("trial %d stopped sending heartbeats (its worker died?): marked FAIL and "
+                    "queued again with the same parameters", trial.number)
+
+
+# ---------------------------------------------------------------------------------------------
+# journal storage with heartbeats
+
+
+class _NotesWorker:
+    """Heartbeats also record, once per trial, which worker runs it (``WORKER_ATTR``)."""
+
+    def _note_worker(self, trial_id: int) -> None:
+        noted = self.__dict__.setdefault("_sparsesearch_noted", set())
+        if trial_id in noted:
+            return
+        noted.add(trial_id)
+        import socket
+
+        self.set_trial_system_attr(trial_id, WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+
+
+class HeartbeatJournalStorage(_NotesWorker, JournalStorage, BaseHeartbeat):
+    """Optuna's journal storage with the heartbeat protocol of its RDB storage.
+
+    While a trial runs, Optuna's heartbeat thread calls :meth:`record_heartbeat`, which writes
+    the time as the trial system attribute ``sparsesearch:heartbeat`` (and once the worker's
+    ``host:pid`` as ``sparsesearch:worker``). Before each trial,
+    Optuna's ``fail_stale_trials`` asks :meth:`_get_stale_trial_ids` for RUNNING trials whose
+    last heartbeat (or start, before the first one) is older than ``grace_period`` seconds
+    (default twice the interval), marks them FAIL and hands them to
+    ``heartbeat_stale_trial_callback``. Times are this machine's clock (wall time): workers on
+    several machines sharing a journal file need synchronised clocks.
+    """
+
+    def __init__(
+        self,
+        log_storage: Any,
+        *,
+        heartbeat_interval: int | None = None,
+        grace_period: int | None = None,
+        heartbeat_stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    ) -> None:
+        if heartbeat_interval is not None and heartbeat_interval <= 0:
+            raise SparsesearchError(f"heartbeat_interval must be > 0 seconds, got {heartbeat_interval}")
+        if grace_period is not None and grace_period <= 0:
+            raise SparsesearchError(f"grace_period must be > 0 seconds, got {grace_period}")
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
+        super().__init__(log_storage)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self._note_worker(trial_id)
+            self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+        except UpdateFinishedTrialError:
+            pass  # finished (or failed as stale by another worker) meanwhile
+        except Exception as exc:  # noqa: BLE001 - a missed beat is harmless; the next may work
+            log.warning("could not record the heartbeat of a trial: %s: %s", type(exc).__name__,
+                        " ".join(str(exc).split())[:200])
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        assert self.heartbeat_interval is not None
+        grace = self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
+        now = time.time()
+        stale = []
+        for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            last = trial.system_attrs.get(HEARTBEAT_ATTR)
+            if last is None and trial.datetime_start is not None:
+                last = trial.datetime_start.timestamp()  # naive local time, as journal stores it
+            if last is not None and now - float(last) > grace:
+                stale.append(trial._trial_id)
+        return stale
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self.heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self.heartbeat_stale_trial_callback
+
+
+# ---------------------------------------------------------------------------------------------
+# RDB storage with connection retries
+
+
+_NOT_TRANSIENT = (
+    "authentication failed", "password", "does not exist", "pg_hba.conf", "access denied",
+    "unknown database", "no such", "permission denied", "invalid dsn", "unable to open database",
+)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        out.append(exc)
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return out
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the database could not be reached: worth a retry."""
+    import sqlalchemy.exc as sa_exc
+
+    for e in _chain(exc):
+        if isinstance(e, (sa_exc.DisconnectionError, sa_exc.InterfaceError)):
+            return True
+        if isinstance(e, sa_exc.DBAPIError) and getattr(e, "connection_invalidated", False):
+            return True
+        name = type(e).__name__
+        if isinstance(e, sa_exc.OperationalError) or name in ("OperationalError", "InterfaceError"):
+            msg = str(e).lower()
+            return not any(s in msg for s in _NOT_TRANSIENT)
+    return False
+
+
+def _schema_race(exc: BaseException) -> bool:
+    """A CREATE TABLE/TYPE or version row that another process created a moment earlier."""
+    for e in _chain(exc):
+        msg = str(e).lower()
+        if "already exists" in msg or "duplicate key value" in msg or "duplicate entry" in msg:
+            return True
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    for e in _chain(exc):  # the driver's own message is the most telling
+        if type(e).__module__.split(".")[0] not in ("sqlalchemy", "optuna"):
+            text = str(e).strip().splitlines()
+            if text:
+                return f"{type(e).__name__}: {text[0].strip()}"[:300]
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0].strip() if text else ''}"[:300]
+
+
+class _Retrier:
+    """Connect with retries: one warning line per retry, then one SparsesearchError.
+
+    After retries ran out once, later connects try once only until one succeeds again, so a
+    dead database fails a worker quickly instead of once per storage call.
+    """
+
+    def __init__(self, url: str, retries: int, wait: float) -> None:
+        self.url = url
+        self.retries = max(0, int(retries))
+        self.wait = max(0.0, float(wait))
+        self.down = False
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def attach(self, engine: Any) -> None:
+        """Retry later (re)connections of ``engine`` too (e.g. after the server restarted)."""
+        from sqlalchemy import event
+
+        def connect(dialect, conn_rec, cargs, cparams):  # noqa: ANN001
+            return self("reconnecting", lambda: dialect.connect(*cargs, **cparams))
+
+        event.listen(engine, "do_connect", connect)
+
+    def __call__(self, what: str, fn: Callable[[], Any]) -> Any:
+        retries = 0 if self.down else self.retries
+        for attempt in range(retries + 1):
+            try:
+                out = fn()
+            except Exception as exc:  # noqa: BLE001 - sorted below
+                if not is_connection_error(exc):
+                    raise
+                if attempt >= retries:
+                    with self._lock:
+                        self.down = True
+                    verb = "open" if what == "connecting" else "reach"
+                    raise SparsesearchError(
+                        f"cannot {verb} storage {_mask(self.url)}: unreachable after "
+                        f"{retries + 1} attempt{'s' if retries else ''}: {_first_line(exc)}"
+                    ) from None
+                delay = min(self.wait * (2**attempt), 30.0)
+                log.warning("cannot reach storage %s (%s): %s; retry %d/%d in %.1fs",
+                            _mask(self.url), what, _first_line(exc), attempt + 1, retries, delay)
+                time.sleep(delay)
+            else:
+                if self.down:
+                    with self._lock:
+                        self.down = False
+                    log.warning("storage %s is reachable again", _mask(self.url))
+                return out
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _RDBStorage(_NotesWorker, RDBStorage):
+    """RDBStorage whose heartbeat thread survives a missed beat (a lost connection) and which
+    records the worker of a trial (``WORKER_ATTR``)."""
+
+    _sparsesearch_retrier: _Retrier | None = None
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        if self._sparsesearch_retrier is not None:
+            self._sparsesearch_retrier.attach(self.engine)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self._note_worker(trial_id)
+            super().record_heartbeat(trial_id)
+        except UpdateFinishedTrialError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - the next beat may work; stale detection copes
+            log.warning("could not record the heartbeat of a trial: %s", _first_line(exc))
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    from sqlalchemy.engine import make_url
+
+    backend = make_url(url).get_backend_name()
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if backend == "sqlite":
+        kwargs["connect_args"] = {"timeout": 60}  # wait for a writer's lock instead of failing
+    return kwargs
+
+
+def _open_rdb(url: str, *, heartbeat_interval, grace_period, connect_retries, retry_wait) -> RDBStorage:
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # noqa: BLE001 - sqlalchemy's ArgumentError
+        raise SparsesearchError(f"invalid storage URL {_mask(url)}: {exc}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    retrier = _Retrier(url, connect_retries, retry_wait)
+
+    def build() -> RDBStorage:
+        for attempt in range(10):
+            try:
+                return new()
+            except Exception as exc:  # noqa: BLE001 - sorted below
+                # workers creating the schema of a new database at the same moment: the
+                # loser's CREATE fails; a moment later the tables exist and it just opens them
+                if attempt == 9 or not _schema_race(exc):
+                    raise
+                log.debug("storage schema created concurrently by another worker: %s", _first_line(exc))
+                time.sleep(0.05 + random.random() * 0.2)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def new() -> RDBStorage:
+        return _RDBStorage(
+            url,
+            engine_kwargs=_engine_kwargs(url),
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=RetryStaleTrial(MAX_RETRY) if heartbeat_interval else None,
+        )
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = retrier("connecting", build)
+    except ModuleNotFoundError as exc:
+        extra = " (pip install 'sparsesearch[postgres]')" if backend == "postgresql" else ""
+        raise SparsesearchError(
+            f"the database driver for {_mask(url)} is not installed: {exc.name}{extra}"
+        ) from None
+    except SparsesearchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - bad credentials, missing database, schema
+        raise SparsesearchError(f"cannot open storage {_mask(url)}: {_first_line(exc)}") from None
+
+    retrier.attach(storage.engine)  # later (re)connections are retried the same way
+    storage._sparsesearch_retrier = retrier
+    return storage
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def make_storage(
+    spec: str | os.PathLike | BaseStorage | None,
+    *,
+    study_name: str,
+    runs_dir: str | os.PathLike = "runs",
+    heartbeat_interval: int | None = _DEFAULT,
+    grace_period: int | None = _DEFAULT,
+    workers: int = 1,
+    connect_retries: int = _DEFAULT,
+    retry_wait: float = _DEFAULT,
+) -> BaseStorage:
+    """An Optuna storage for ``spec`` (see the module docstring), shared safely by ``workers``.
+
+    Args:
+        spec: ``None`` (the run folder's default), ``journal:PATH`` / ``PATH.log``, a SQLAlchemy
+            URL, or an Optuna storage object (returned unchanged).
+        heartbeat_interval: seconds between heartbeats of a running trial (default 20, or
+            ``SPARSESEARCH_HEARTBEAT_INTERVAL``); ``None`` turns heartbeats off.
+        grace_period: seconds without heartbeat after which a RUNNING trial is failed and
+            queued again (default twice the interval, or ``SPARSESEARCH_HEARTBEAT_GRACE``).
+        connect_retries, retry_wait: retries of an unreachable database, the first after
+            ``retry_wait`` seconds, doubling (defaults 5 and 1.0 s; ``SPARSESEARCH_DB_RETRIES``,
+            ``SPARSESEARCH_DB_RETRY_WAIT``).
+    Raises:
+        SparsesearchError: a bad spec, a missing driver, or a database still unreachable after
+            the retries (one line, password masked).
+    """
+    if isinstance(spec, BaseStorage):
+        return spec
+    if heartbeat_interval is _DEFAULT:
+        heartbeat_interval = _env_number("SPARSESEARCH_HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL, int)
+    if grace_period is _DEFAULT:
+        grace_period = _env_number("SPARSESEARCH_HEARTBEAT_GRACE", None, int)
+    if connect_retries is _DEFAULT:
+        connect_retries = _env_number("SPARSESEARCH_DB_RETRIES", 5, int, off=0)
+    if retry_wait is _DEFAULT:
+        retry_wait = _env_number("SPARSESEARCH_DB_RETRY_WAIT", 1.0, float, off=0.0)
+    if heartbeat_interval is not None and heartbeat_interval <= 0:
+        raise SparsesearchError(f"heartbeat_interval must be > 0 seconds (or None), got {heartbeat_interval}")
+    if grace_period is not None and grace_period <= 0:
+        raise SparsesearchError(f"grace_period must be > 0 seconds (or None), got {grace_period}")
+    if heartbeat_interval is None:
+        grace_period = None
+    resolved = resolve_storage_spec(spec, study_name=study_name, runs_dir=runs_dir, workers=workers)
+    if resolved.startswith("journal:"):
+        path = Path(resolved[len("journal:"):]).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            backend = JournalFileBackend(str(path))
+        except OSError as exc:
+            raise SparsesearchError(f"cannot open journal storage {path}: {exc}") from None
+        return HeartbeatJournalStorage(
+            backend,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=RetryStaleTrial(MAX_RETRY) if heartbeat_interval else None,
+        )
+    if workers > 1 and resolved.startswith("sqlite"):
+        log.warning("%d workers share the SQLite file %s: SQLite serialises writers and may report "
+                    "'database is locked'; prefer journal:PATH or a server database",
+                    workers, _mask(resolved))
+    return _open_rdb(resolved, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                     connect_retries=connect_retries, retry_wait=retry_wait)
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """Whether ``exc`` came from the storage (a lost or refused database connection)."""
+    if isinstance(exc, optuna.exceptions.StorageInternalError):
+        return True
+    return is_connection_error(exc)
+
+
+def describe_storage_error(exc: BaseException, storage: Any) -> str:
+    """One line for a failed storage operation (password masked)."""
+    return (f"storage {storage_label(storage)} failed: {_first_line(exc)}; a trial that was "
+            "running stays RUNNING until a worker with heartbeats marks it FAIL and queues it again")

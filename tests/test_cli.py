@@ -1,0 +1,234 @@
+"""The `sparsesearch` command, run as a subprocess: run/resume, report, export, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from sparsesearch.cli import main, scrub
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ROOT / "studies" / "digits-mlp.toml"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def command(*args: object) -> list[str]:
+    return [sys.executable, "-m", "sparsesearch", *map(str, args)]
+
+
+# one torch thread per process: these models are tiny, and on a busy machine several
+# spinning OpenMP threads per process cost far more than they bring
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SPARSESEARCH_DB_RETRIES": "0"}
+
+
+def run_cli(*args: object, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(command(*args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def run_many(jobs: dict[str, list[object]], cwd: Path, timeout: float = 300) -> dict[str, tuple[int, str, str]]:
+    """Run several CLI invocations at once (each pays the torch import): name -> (rc, out, err)."""
+    env = ENV  # SPARSESEARCH_DB_RETRIES=0: an unreachable database fails at once
+    procs = {
+        name: subprocess.Popen(command(*args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env)
+        for name, args in jobs.items()
+    }
+    out = {}
+    for name, p in procs.items():
+        stdout, stderr = p.communicate(timeout=timeout)
+        out[name] = (p.returncode, stdout, stderr)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    """`run studies/digits-mlp.toml --n-trials 5 --storage sqlite:///X.db --study-name t`, twice."""
+    cwd = tmp_path_factory.mktemp("cli")
+    args = ["run", STUDY, "--n-trials", 5, "--storage", "sqlite:///X.db", "--study-name", "t"]
+    first = run_cli(*args, cwd=cwd)
+    second = run_cli(*args, "--quiet", cwd=cwd)
+    return cwd, first, second
+
+
+def test_run_then_resume(ran):
+    cwd, first, second = ran
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    # progress on stderr (one line per trial when not a terminal); --quiet has none
+    assert "trial 5/5" in first.stderr and "best" in first.stderr and "ETA" in first.stderr
+    assert "trial 1/5" not in second.stderr
+    assert "Traceback" not in first.stderr + second.stderr
+    assert "5 trials in sqlite:///X.db" in first.stdout
+    assert "10 trials in sqlite:///X.db" in second.stdout
+    assert "best trial #" in second.stdout
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{cwd / 'X.db'}")
+    assert len(study.trials) == 10
+    seeds = [t for t in study.trials if t.user_attrs.get("heuristic")]
+    assert len(seeds) == 4  # enqueued once, not again on resume
+    attrs = study.user_attrs
+    assert attrs["sparsesearch_config"]["name"] == "t"
+    assert list(attrs["test_accuracy"]) == [str(attrs["best_trial"])]
+    run_dir = cwd / "runs" / "t"
+    assert len(list(run_dir.glob("dense-*.pt"))) == 1  # trained once, reused on resume
+    for name in ("best.pt", "best.recipe.json", "report.md"):
+        assert (run_dir / name).is_file(), name
+    state = torch.load(run_dir / "best.pt", weights_only=True)
+    kept = sum(int(torch.count_nonzero(v)) for v in state.values())
+    assert kept <= attrs["budget_params"]
+    recipe = json.loads((run_dir / "best.recipe.json").read_text())
+    assert recipe["extra"]["trial"] == attrs["best_trial"] and recipe["extra"]["study"] == "t"
+    for png in ("history.png", "accuracy_vs_params.png", "layer_sparsity.png"):
+        assert (run_dir / "plots" / png).read_bytes().startswith(PNG)
+
+
+def test_report_and_export_from_the_storage(ran):
+    cwd, first, second = ran
+    assert second.returncode == 0
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{cwd / 'X.db'}")
+    best = study.user_attrs["best_trial"]
+    other = next(t.number for t in study.trials
+                 if t.state == optuna.trial.TrialState.COMPLETE and t.number != best)
+    results = run_many({
+        "report": ["report", "--storage", "sqlite:///X.db", "--study-name", "t", "--out", "rep"],
+        "export": ["export", "--storage", "sqlite:///X.db", "--study-name", "t", "--trial", other,
+                   "--out", "t.pt"],
+        "best": ["export", STUDY, "--storage", "sqlite:///X.db", "--study-name", "t", "--out", "best"],
+    }, cwd)
+    rc, out, err = results["report"]
+    assert rc == 0, err
+    import matplotlib.image
+
+    plots = sorted((cwd / "rep" / "plots").glob("*.png"))
+    assert [p.name for p in plots] == ["accuracy_vs_params.png", "history.png", "layer_sparsity.png"]
+    for p in plots:
+        assert p.read_bytes().startswith(PNG)
+        assert matplotlib.image.imread(p).shape[0] > 100
+    text = (cwd / "rep" / "report.md").read_text()
+    assert "## Best trial vs the heuristics" in text and "standard error" in text
+
+    rc, out, err = results["export"]
+    assert rc == 0, err
+    assert f"trial #{other} (rebuilt" in out and "differs" not in err
+    state = torch.load(cwd / "t.pt", weights_only=True)
+    assert sum(int(torch.count_nonzero(v)) for v in state.values()) <= study.user_attrs["budget_params"]
+    assert json.loads((cwd / "t.recipe.json").read_text())["extra"]["trial"] == other
+
+    rc, out, err = results["best"]
+    assert rc == 0, err
+    assert f"trial #{best} (from best.pt)" in out
+    exported = list((cwd / "best").iterdir())
+    assert {p.name for p in exported} >= {"recipe.json"} and len(exported) == 2
+
+
+def test_optuna_cli_reads_the_study(ran):
+    cwd, _, second = ran
+    assert second.returncode == 0
+    optuna_cli = Path(sys.executable).with_name("optuna")
+    if not optuna_cli.exists():
+        pytest.skip("the optuna CLI is not installed next to this Python")
+    proc = subprocess.run(
+        [str(optuna_cli), "trials", "--storage", "sqlite:///X.db", "--study-name", "t", "-f", "json"],
+        cwd=cwd, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    trials = json.loads(proc.stdout)
+    assert len(trials) == 10
+    complete = [t for t in trials if t["state"] == "COMPLETE"]
+    assert complete and all("params" in t["user_attrs"] and "sparsity" in t["user_attrs"] for t in complete)
+
+
+# -- errors: one line on stderr, exit 2 ---------------------------------------------------------
+
+MINIMAL = """
+[model]
+name = "digits-mlp"
+[data]
+name = "digits"
+[budget]
+fraction = 0.1
+"""
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path):
+    (tmp_path / "malformed.toml").write_text('[study]\nname = "x"\nn_trials = = 3\n')
+    (tmp_path / "unknown-key.toml").write_text(MINIMAL + "[space]\nlrr = 0.1\n")
+    (tmp_path / "no-root.toml").write_text(MINIMAL.replace('name = "digits"', 'name = "mnist"\nroot = "nowhere"'))
+    (tmp_path / "no-model.toml").write_text(MINIMAL.replace('name = "digits-mlp"', 'name = "lenet-6"'))
+    storage = "postgresql://bob:s3cret@127.0.0.1:1/nodb"
+    results = run_many({
+        "malformed": ["run", "malformed.toml"],
+        "unknown-key": ["run", "unknown-key.toml"],
+        "no-root": ["run", "no-root.toml"],
+        "no-model": ["run", "no-model.toml", "--storage", f"sqlite:///{tmp_path / 'm.db'}"],
+        "password": ["run", "no-model.toml", "--storage", storage],
+        "no-study": ["report", "--storage", "sqlite:///absent.db", "--study-name", "x"],
+        "no-file": ["run", "absent.toml"],
+    }, tmp_path)
+    expected = {
+        "malformed": ["invalid TOML", "line 3", "column"],
+        "unknown-key": ["unknown key 'space.lrr'", "did you mean 'space.lr'?"],
+        "no-root": ["MNIST not found under", "nowhere", "train-images-idx3-ubyte"],
+        "no-model": ["unknown model 'lenet-6'", "lenet5"],
+        "password": ["cannot open storage postgresql://bob:***@127.0.0.1:1/nodb"],
+        "no-study": ["no study database at absent.db"],
+        "no-file": ["study file not found: absent.toml"],
+    }
+    for name, (rc, out, err) in results.items():
+        assert rc == 2, (name, out, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, (name, err)
+        assert lines[0].startswith("sparsesearch: error: "), (name, err)
+        for part in expected[name]:
+            assert part in lines[0], (name, part, lines[0])
+        assert "s3cret" not in out + err
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_strategies_lists_the_builtins():
+    proc = run_cli("strategies", cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split() for line in proc.stdout.strip().splitlines()}
+    assert {"magnitude", "random", "l1-filter", "gradient"} <= set(rows)
+    assert rows["magnitude"][1] == "weight" and rows["l1-filter"][1] == "channel"
+    assert "needs" in rows["gradient"] and "data-free" in rows["magnitude"]
+    assert rows["magnitude"][-1] == "sparsesearch"
+
+
+# -- in-process: argument handling and error mapping (fast) -------------------------------------
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        main(["export", "--storage", "sqlite:///x.db"])  # --out is required
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    assert "run" in capsys.readouterr().out
+
+
+def test_a_bug_exits_1_with_a_traceback(monkeypatch, capsys):
+    import sparsesearch.cli as cli
+
+    def boom(args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_strategies", boom)
+    assert cli.main(["strategies"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "internal error" in err
+
+
+def test_scrub_masks_passwords():
+    assert scrub("x postgresql://u:p@h/d\nmysql+pymysql://a:b@c:3/d") == "x postgresql://u:***@h/d mysql+pymysql://a:***@c:3/d"
+    assert scrub("sqlite:///runs/x/study.db") == "sqlite:///runs/x/study.db"

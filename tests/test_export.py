@@ -1,0 +1,137 @@
+"""Exporting trials: file layout, formats, rebuilding from the dense cache, errors."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+import sparsesearch
+from sparsesearch.config import StudyConfig
+from sparsesearch.errors import SparsesearchError
+from sparsesearch.export import (
+    CONFIG_ATTR,
+    config_from_study,
+    export_trial,
+    has_safetensors,
+    load_state_dict,
+    output_paths,
+    save_state_dict,
+    trial_recipe,
+)
+from sparsesearch.recipe import Recipe, load_recipe
+
+
+def nonzero(state: dict[str, torch.Tensor]) -> int:
+    return sum(int(torch.count_nonzero(v)) for v in state.values() if v.is_floating_point())
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """A tiny stored study, searched the way `sparsesearch run` searches (seeded first)."""
+    tmp = tmp_path_factory.mktemp("export")
+    storage = f"sqlite:///{tmp / 'study.db'}"
+    torch.manual_seed(0)  # as the CLI does: the initial weights, hence the dense cache key
+    result = sparsesearch.search(
+        "digits-mlp", "digits", 0.1, n_trials=4, seed=0, storage=storage, study_name="e",
+        runs_dir=tmp / "runs", dense={"epochs": 3, "lr": 0.1}, heuristics=["uniform", "lamp"],
+        space={"lr": [0.02, 0.3], "epochs": 1, "heuristic_lrs": [0.05]}, pruner="none",
+    )
+    return result, storage, tmp
+
+
+def test_output_paths(tmp_path):
+    assert output_paths(tmp_path / "m.pt") == (tmp_path / "m.pt", tmp_path / "m.recipe.json")
+    assert output_paths(tmp_path / "m.pth") == (tmp_path / "m.pth", tmp_path / "m.recipe.json")
+    assert output_paths(tmp_path / "m.safetensors") == (tmp_path / "m.safetensors", tmp_path / "m.recipe.json")
+    model, recipe = output_paths(tmp_path / "folder")
+    assert model.parent == tmp_path / "folder" and recipe == tmp_path / "folder" / "recipe.json"
+    assert model.name == ("model.safetensors" if has_safetensors() else "model.pt")
+    with pytest.raises(SparsesearchError, match="recipe JSON is written next to the model"):
+        output_paths(tmp_path / "r.json")
+    (tmp_path / "file.bin").write_bytes(b"x")
+    with pytest.raises(SparsesearchError, match="not a folder"):
+        output_paths(tmp_path / "file.bin")
+
+
+def test_state_dict_formats(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    path = save_state_dict(model, tmp_path / "a" / "m.pt")
+    state = torch.load(path, weights_only=True)
+    assert set(state) == {"weight", "bias"} and torch.equal(state["weight"], model.weight.detach())
+    if has_safetensors():
+        path = save_state_dict(model, tmp_path / "m.safetensors")
+        assert torch.equal(load_state_dict(path)["bias"], model.bias.detach())
+    else:
+        with pytest.raises(SparsesearchError, match="safetensors package is not installed"):
+            save_state_dict(model, tmp_path / "m.safetensors")
+        assert not list(tmp_path.glob("*.safetensors")) and not list(tmp_path.glob(".*tmp"))
+
+
+def test_export_rebuilds_a_trial_from_the_dense_cache(searched, tmp_path):
+    result, storage, tmp = searched
+    study = optuna.load_study(study_name="e", storage=storage)
+    others = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.number != result.best_trial.number]
+    trial = others[0]
+    dense_files = sorted((tmp / "runs" / "e").glob("dense-*.pt"))
+    assert len(dense_files) == 1
+    # no sparsesearch_config attribute: the config comes from the search settings
+    assert CONFIG_ATTR not in study.user_attrs
+    out = export_trial(study, tmp_path / "t.pt", trial=trial.number, runs_dir=tmp / "runs")
+    assert out.source == "rebuilt" and out.trial == trial.number
+    assert sorted((tmp / "runs" / "e").glob("dense-*.pt")) == dense_files  # the cache was used
+    assert out.matches, (out.val_accuracy, out.stored_val_accuracy)
+    state = torch.load(out.model_path, weights_only=True)
+    assert not any(k.endswith(("_orig", "_mask")) or "parametrizations" in k for k in state)
+    assert nonzero(state) <= study.user_attrs["budget_params"]
+    assert out.params == trial.user_attrs["params"]
+    recipe = load_recipe(out.recipe_path)
+    assert recipe.extra["trial"] == trial.number and recipe.extra["study"] == "e"
+    assert recipe.sparsity == Recipe.from_dict(trial.user_attrs["recipe"]).sparsity
+    data = json.loads(out.recipe_path.read_text())
+    assert data["format"] == "sparsesearch.recipe/1" and data["params"] == out.params
+
+
+def test_export_of_the_best_uses_best_pt(searched, tmp_path):
+    result, storage, tmp = searched
+    study = optuna.load_study(study_name="e", storage=storage)
+    run_dir = tmp / "runs" / "e"
+    save_state_dict(result.model, run_dir / "best.pt")  # what `sparsesearch run` writes
+    trial_recipe(study, result.best_trial).to_json(run_dir / "best.recipe.json")
+    out = export_trial(study, tmp_path / "best", runs_dir=tmp / "runs")
+    assert out.source == "best.pt" and out.trial == result.best_trial.number
+    assert out.model_path.parent == tmp_path / "best" and out.recipe_path.name == "recipe.json"
+    exported = load_state_dict(out.model_path)
+    for k, v in result.model.state_dict().items():
+        assert torch.equal(exported[k], v.cpu())
+
+
+def test_export_with_an_explicit_config_rebuilds_the_best_too(searched, tmp_path):
+    result, storage, tmp = searched
+    study = optuna.load_study(study_name="e", storage=storage)
+    cfg = config_from_study(study)
+    assert isinstance(cfg, StudyConfig) and cfg.model == "digits-mlp" and cfg.data == "digits"
+    other_runs = tmp_path / "runs"  # no best.pt there, no dense cache: trained again, same seed
+    out = export_trial(study, tmp_path / "b.pt", config=cfg, runs_dir=other_runs)
+    assert out.source == "rebuilt" and out.trial == result.best_trial.number
+    assert out.matches
+    assert list((other_runs / "e").glob("dense-*.pt"))
+
+
+def test_export_errors(searched, tmp_path):
+    _, storage, tmp = searched
+    study = optuna.load_study(study_name="e", storage=storage)
+    with pytest.raises(SparsesearchError, match="has no trial 99"):
+        export_trial(study, tmp_path / "x.pt", trial=99, runs_dir=tmp / "runs")
+    failed = optuna.create_study(storage=storage, study_name="f")
+    failed.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
+    with pytest.raises(SparsesearchError, match="trial 0 is FAIL, not COMPLETE"):
+        export_trial(failed, tmp_path / "x.pt", trial=0)
+    with pytest.raises(SparsesearchError, match="no COMPLETE trial"):
+        export_trial(failed, tmp_path / "x.pt")
+    failed.set_user_attr("settings", {"data": "(datasets)", "model": "Sequential"})
+    with pytest.raises(SparsesearchError, match="in-memory datasets"):
+        config_from_study(failed)
