@@ -79,7 +79,7 @@ def run_variant(dense: C.Dense, cfg: C.Config, variant: str, n_trials: int, lr: 
         wall = time.perf_counter() - t0
         trials = [t for t in res.study.get_trials(deepcopy=False) if t.duration is not None]
     return {"wall": wall, "trial": statistics.mean(t.duration.total_seconds() for t in trials),
-            "cpu_trial": statistics.mean(b - a for a, b in zip(marks, marks[1:])),
+            "cpu_trial": statistics.mean(b - a for a, b in zip(marks, marks[1:])) if len(marks) > 1 else float("nan"),
             "values": [t.value for t in trials], "sparsity": [t.user_attrs["sparsity"] for t in trials]}
 
 

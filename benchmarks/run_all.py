@@ -124,10 +124,12 @@ def run_all_tasks(cfg: C.Config, grid_path: Path, cost_path: Path, *, jobs: int,
     key = _config_key(cfg)
     done: dict[str, Any] = {}
     costs: dict[str, Any] = {}
+    saved_grid_seconds = None
     if resume and grid_path.is_file():
         saved = json.loads(grid_path.read_text())
         if saved.get("config_key") == key:
             done = {f"{t['model']}/{t['seed']}": t for t in saved["tasks"]}
+            saved_grid_seconds = saved.get("grid_seconds")
     if (resume or not cost) and cost_path.is_file():
         saved = json.loads(cost_path.read_text())
         if saved.get("config_key") == key:
@@ -139,6 +141,9 @@ def run_all_tasks(cfg: C.Config, grid_path: Path, cost_path: Path, *, jobs: int,
                        key=lambda t: -order.get(t[0], 1))
     cost_todo = [n for n in cost_names(quick) if n not in costs] if cost else []
     grid = {"config": cfg.to_dict(), "config_key": key, "tasks": list(done.values())}
+    grid["last_run"] = [f"{m}/{s_}" for m, _, s_ in grid_todo] + cost_todo
+    if not grid_todo and saved_grid_seconds is not None:  # the grid is the earlier run's: keep its time
+        grid["grid_seconds"] = saved_grid_seconds
     cost_state = {"config_key": key, "tasks": costs}
     t0 = time.perf_counter()
 
@@ -158,7 +163,8 @@ def run_all_tasks(cfg: C.Config, grid_path: Path, cost_path: Path, *, jobs: int,
     if jobs <= 1:
         for m, d, s in grid_todo:
             collect("grid", _task(m, d, s, cfg))
-        grid["grid_seconds"] = time.perf_counter() - t0
+        if grid_todo:
+            grid["grid_seconds"] = time.perf_counter() - t0
         for n in cost_todo:
             collect("cost", _cost_task(n, cfg, quick))
     else:
@@ -447,8 +453,10 @@ def other_sections(exclude: Path | None = None) -> str:
 def resumes(meta: dict[str, Any]) -> str:
     out = ""
     for r in meta.get("resumes", []):
+        what = ", ".join(r.get("tasks", [])) or "the tasks missing from the saved results"
         out += (f"\n- Resumed {r['started']} → {r['finished']} ({r['minutes']:.0f} min, load {r['load_start']} → "
-                f"{r['load_end']}): tasks missing from the saved results were run (`--resume`), the rest kept.")
+                f"{r['load_end']}, `run_all.py --resume`): re-ran {what}; everything else is from the run above."
+                + (f" {r['note']}" if r.get("note") else ""))
     return out
 
 
@@ -574,8 +582,13 @@ Time per trial of `search()` against a bare PyTorch loop doing the same work by 
 dense model, `torch.nn.utils.prune.l1_unstructured` per layer at the trial's allocation, the same
 fine-tuning epochs, batch size, learning rate and per-epoch validation on the same tensors),
 replaying the search's own allocations, interleaved in one process (`benchmarks/overhead.py`).
-"Per trial" uses Optuna's trial durations; "end to end" divides the whole `search()` call
-(storage creation, scoring, seeding, best-model test) by the bare loop's total. Target: ≤ 1.05.
+The search runs with a fixed learning rate (0.05) and no pruner, so its trials are the 4
+heuristic seeds and then TPE allocations, all fully trained. "Per trial (wall)" uses Optuna's
+trial durations; "per trial (CPU)" is process CPU time from one trial's end to the next (the
+trial plus Optuna's ask/tell; it is steadier under a fluctuating load but does not see time
+spent waiting on disk); "end to end" divides the whole `search()` call (storage creation,
+scoring, seeding, best-model test) by the bare loop's total. Rounds alternate which side runs
+first; medians are shown. Target: ≤ 1.05.
 
 {overhead_section(cost.get('overhead', []))}
 
@@ -662,6 +675,7 @@ def main(argv: list[str] | None = None) -> None:
         this = {"started": meta["started"], "finished": finished.strftime("%Y-%m-%d %H:%M"),
                 "load_start": meta["load_start"], "load_end": C.load_average(),
                 "minutes": (finished - started).total_seconds() / 60, "git": meta["git"]}
+        this["tasks"] = grid.get("last_run", [])
         if args.resume and meta_path.is_file():  # keep the original run's record, note this one
             meta = json.loads(meta_path.read_text())
             meta.setdefault("resumes", []).append(this)

@@ -7,14 +7,16 @@ traceback), 1 a bug (traceback), 130 interrupted. See ``docs/cli.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -58,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("study", nargs="?", metavar="STUDY.toml",
                        help="study file (default: the packaged studies/default.toml)")
         p.add_argument("--storage", metavar="URL",
-                       help="Optuna storage URL (default: the study file's, else "
-                            "sqlite:///RUNS/NAME/study.db)")
+                       help="Optuna storage URL or journal:PATH (default: the study file's, "
+                            "else sqlite:///RUNS/NAME/study.db, or RUNS/NAME/journal.log when "
+                            "only that exists)")
         p.add_argument("--study-name", metavar="NAME", help="study name (default: the study file's)")
         p.add_argument("--runs-dir", metavar="DIR", default="runs",
                        help="folder of the run outputs, relative to the current directory (default: runs)")
@@ -141,8 +144,6 @@ def _setup_logging(quiet: bool, progress: Any = None) -> logging.Handler:
     log.handlers[:] = [handler]
     log.setLevel(logging.WARNING if quiet else logging.INFO)
     log.propagate = False
-    import warnings
-
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.disable_default_handler()
     optuna_logger = logging.getLogger("optuna")
@@ -158,6 +159,22 @@ _URL_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^:/@\s]*:)[^@\s]+@")
 def scrub(text: str) -> str:
     """``text`` on one line, with the password of any ``scheme://user:password@`` URL masked."""
     return _URL_PASSWORD.sub(r"\1***@", " ".join(str(text).split()))
+
+
+@contextlib.contextmanager
+def _logging_restored() -> Iterator[None]:
+    """Undo :func:`_setup_logging` on exit (handlers, levels, propagation)."""
+    saved = []
+    for name in ("sparsesearch", "optuna"):
+        logger = logging.getLogger(name)
+        saved.append((logger, list(logger.handlers), logger.level, logger.propagate))
+    try:
+        yield
+    finally:
+        for logger, handlers, level, propagate in saved:
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate
 
 
 def _err(msg: str) -> None:
@@ -309,8 +326,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     recipe = trial_recipe(study, result.best_trial)
     save_state_dict(result.model, run_dir / "best.pt")
     recipe.to_json(run_dir / "best.recipe.json")
-    n = len(study.trials)
-    print(f"study {cfg.name!r}: {n} trials in {mask_url(storage)} ({format_duration(elapsed)} this run)")
+    trials = study.get_trials(deepcopy=False)
+    waiting = sum(1 for t in trials if t.state.name in ("WAITING", "RUNNING"))
+    more = f" (+{waiting} waiting or running)" if waiting else ""
+    print(f"study {cfg.name!r}: {len(trials) - waiting} trials{more} in {mask_url(storage)} "
+          f"({format_duration(elapsed)} this run)")
     print(result.summary())
     print(f"wrote {run_dir / 'best.pt'} and {run_dir / 'best.recipe.json'}")
     if not args.no_report:
@@ -374,29 +394,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         user_errors += (NonFiniteLossError,)
     except ImportError:  # pragma: no cover
         pass
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("\nsparsesearch: interrupted; the study keeps its finished trials (run again to resume)",
-              file=sys.stderr)
-        return 130
-    except BrokenPipeError:
+    with warnings.catch_warnings(), _logging_restored():  # main() may run in-process
         try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
-        except OSError:
-            pass
-        return 0
-    except user_errors as exc:
-        msg = str(exc) or type(exc).__name__
-        if isinstance(exc, OSError) and getattr(exc, "filename", None) and str(exc.filename) not in msg:
-            msg = f"{msg}: {exc.filename}"
-        _err(msg)
-        return 2
-    except Exception:  # noqa: BLE001 - a bug: show everything
-        traceback.print_exc()
-        print("sparsesearch: internal error (a bug, please report it with the traceback above)",
-              file=sys.stderr)
-        return 1
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            print("\nsparsesearch: interrupted; the study keeps its finished trials (run again to resume)",
+                  file=sys.stderr)
+            return 130
+        except BrokenPipeError:
+            try:
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+            except OSError:
+                pass
+            return 0
+        except user_errors as exc:
+            msg = str(exc) or type(exc).__name__
+            if isinstance(exc, OSError) and getattr(exc, "filename", None) and str(exc.filename) not in msg:
+                msg = f"{msg}: {exc.filename}"
+            _err(msg)
+            return 2
+        except Exception:  # noqa: BLE001 - a bug: show everything
+            traceback.print_exc()
+            print("sparsesearch: internal error (a bug, please report it with the traceback above)",
+                  file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -107,7 +107,9 @@ def default_storage(study_name: str, runs_dir: str | Path = "runs") -> str:
     return f"sqlite:///{path}"
 
 
-def _resolve_model(model: nn.Module | str, splits: Any, model_kwargs: Mapping[str, Any]) -> tuple[nn.Module, bool]:
+def _resolve_model(
+    model: nn.Module | str, splits: Any, model_kwargs: Mapping[str, Any], seed: int = 0
+) -> tuple[nn.Module, bool]:
     from sparsesearch.models import build_model
 
     if isinstance(model, nn.Module):
@@ -116,7 +118,9 @@ def _resolve_model(model: nn.Module | str, splits: Any, model_kwargs: Mapping[st
         kwargs = dict(model_kwargs)
         kwargs.setdefault("num_classes", splits.num_classes)
         kwargs.setdefault("input_shape", tuple(splits.input_shape))
-        return build_model(model, **kwargs), True
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the same seed gives the same initial weights
+            return build_model(model, **kwargs), True
     raise SparsesearchError(f"model must be an nn.Module or a model name, got {type(model).__name__}")
 
 
@@ -165,6 +169,7 @@ def _prepare_dense(
     return train_dense(
         model, splits, epochs=dense.epochs, lr=dense.lr, optimizer=dense.optimizer,
         batch_size=dense.batch_size, seed=seed, device=device, cache_path=cache_path,
+        weight_decay=dense.weight_decay,
     )
 
 
@@ -340,7 +345,7 @@ def _make_pruner(pruner: str | optuna.pruners.BasePruner | None, n_seeds: int) -
     if pruner in (None, "none"):
         return optuna.pruners.NopPruner()
     if pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=max(n_seeds, 5), n_warmup_steps=0)
+        return optuna.pruners.MedianPruner(n_startup_trials=max(n_seeds, 5), n_warmup_steps=1)
     if pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1)
     raise SparsesearchError(f"unknown pruner {pruner!r}; use 'median', 'hyperband' or 'none'")
@@ -382,7 +387,7 @@ def prepare_dense_model(
     dense_settings = DenseSettings(**dense) if isinstance(dense, Mapping) else (dense or DenseSettings())
     torch_device = resolve_device(device)
     splits = _as_data(data, seed, data_options)
-    net, built = _resolve_model(model, splits, model_kwargs or {})
+    net, built = _resolve_model(model, splits, model_kwargs or {}, seed)
     if checkpoint is not None:
         from sparsesearch.models import load_checkpoint
 
@@ -482,7 +487,7 @@ def search(
     torch_device = resolve_device(device)
 
     splits = _as_data(data, seed, data_options)
-    net, built = _resolve_model(model, splits, model_kwargs or {})
+    net, built = _resolve_model(model, splits, model_kwargs or {}, seed)
     if checkpoint is not None:
         from sparsesearch.models import load_checkpoint
 

@@ -161,24 +161,17 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
     (tmp_path / "unknown-key.toml").write_text(MINIMAL + "[space]\nlrr = 0.1\n")
     (tmp_path / "no-root.toml").write_text(MINIMAL.replace('name = "digits"', 'name = "mnist"\nroot = "nowhere"'))
     (tmp_path / "no-model.toml").write_text(MINIMAL.replace('name = "digits-mlp"', 'name = "lenet-6"'))
-    storage = "postgresql://bob:s3cret@127.0.0.1:1/nodb"
     results = run_many({
         "malformed": ["run", "malformed.toml"],
         "unknown-key": ["run", "unknown-key.toml"],
         "no-root": ["run", "no-root.toml"],
         "no-model": ["run", "no-model.toml", "--storage", f"sqlite:///{tmp_path / 'm.db'}"],
-        "password": ["run", "no-model.toml", "--storage", storage],
-        "no-study": ["report", "--storage", "sqlite:///absent.db", "--study-name", "x"],
-        "no-file": ["run", "absent.toml"],
     }, tmp_path)
     expected = {
         "malformed": ["invalid TOML", "line 3", "column"],
         "unknown-key": ["unknown key 'space.lrr'", "did you mean 'space.lr'?"],
         "no-root": ["MNIST not found under", "nowhere", "train-images-idx3-ubyte"],
         "no-model": ["unknown model 'lenet-6'", "lenet5"],
-        "password": ["cannot open storage postgresql://bob:***@127.0.0.1:1/nodb"],
-        "no-study": ["no study database at absent.db"],
-        "no-file": ["study file not found: absent.toml"],
     }
     for name, (rc, out, err) in results.items():
         assert rc == 2, (name, out, err)
@@ -187,7 +180,29 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
         assert lines[0].startswith("sparsesearch: error: "), (name, err)
         for part in expected[name]:
             assert part in lines[0], (name, part, lines[0])
-        assert "s3cret" not in out + err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "s.toml", "--storage", "postgresql://bob:s3cret@127.0.0.1:1/nodb"],
+         "cannot open storage postgresql://bob:***@127.0.0.1:1/nodb"),
+        (["report", "--storage", "sqlite:///absent.db", "--study-name", "x"], "no study database at absent.db"),
+        (["export", "--storage", "sqlite:///absent.db", "--out", "m.pt"], "no study database at absent.db"),
+        (["run", "absent.toml"], "study file not found: absent.toml"),
+        (["run", "s.toml", "--n-trials", "-1"], "n_trials must be >= 0"),
+    ],
+)
+def test_more_user_errors_in_process(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPARSESEARCH_DB_RETRIES", "0")
+    (tmp_path / "s.toml").write_text(MINIMAL)
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sparsesearch: error: "), err
+    assert message in lines[0]
+    assert "s3cret" not in out + err  # the password never shows
     assert not (tmp_path / "absent.db").exists()
 
 

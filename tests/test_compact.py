@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import sparsesearch
+from sparsesearch.prune import apply_sparsity, resolve_sparsity
+from sparsesearch.score import compute_scores
 from sparsesearch.compact import (
     CompactionError,
     CompactionWarning,
@@ -56,9 +58,13 @@ def _pruned(name: str, sparsity: float, *, dependent: bool = True):
     model = build_model(name, **kwargs)
     _warm_bn(model, shape)
     x = torch.randn(*shape)
-    sparsesearch.prune(model, "l1-filter", sparsity, example_input=x)
-    if dependent:
-        dependent_masks(model, x)
+    if dependent:  # prune() masks the BatchNorm of pruned channels itself
+        sparsesearch.prune(model, "l1-filter", sparsity, example_input=x)
+        assert dependent_masks(model, x) == {}
+    else:  # the engine's lower-level steps, without dependent_masks
+        layers = sparsesearch.find_layers(model, example_input=x)
+        scores = compute_scores(model, layers, sparsesearch.get_strategy("l1-filter").strategy)
+        apply_sparsity(layers, scores, resolve_sparsity(layers, sparsity, "channel"), "channel")
     model.eval()
     return model, x
 
@@ -153,9 +159,10 @@ def test_dependent_masks_zero_the_batchnorm_of_pruned_channels():
     model = build_model("cifar-resnet")
     _warm_bn(model, shape)
     x = torch.randn(*shape)
-    sparsesearch.prune(model, "l1-filter", 0.5, example_input=x)
-    changed = dependent_masks(model, x)
-    assert changed["layer1.0.bn1"] == 8  # half of 16 channels of layer1.0.conv1
+    changed = {}
+    sparsesearch.prune(model, "l1-filter", 0.5, example_input=x)  # calls dependent_masks
+    assert dependent_masks(model, x) == changed
+    assert int((get_mask(model.layer1[0].bn1, "weight") == 0).sum()) == 8  # half of 16 channels
     bn = model.layer1[0].bn1
     pruned = (get_mask(model.layer1[0].conv1).flatten(1) == 0).all(1)
     assert torch.equal(get_mask(bn, "weight") == 0, pruned)
@@ -378,7 +385,9 @@ def test_dependent_masks_without_example_input():
     torch.manual_seed(0)
     model = build_model("cifar-resnet")
     _warm_bn(model, shape)
-    sparsesearch.prune(model, "l1-filter", 0.5)
+    layers = sparsesearch.find_layers(model)
+    scores = compute_scores(model, layers, sparsesearch.get_strategy("l1-filter").strategy)
+    apply_sparsity(layers, scores, resolve_sparsity(layers, 0.5, "channel"), "channel")
     changed = dependent_masks(model)  # shapes unknown: conv -> BatchNorm chains still found
     assert changed["layer1.0.bn1"] == 8
     result = compact(model.eval(), example_input=torch.randn(*shape))

@@ -116,10 +116,14 @@ def _spec(kind: str, request, tmp_path: Path) -> str:
     return f"journal:{tmp_path / 'shared' / 'journal.log'}"
 
 
+_storages: dict[str, object] = {}
+
+
 def _load(spec: str, name: str = "dist") -> optuna.Study | None:
+    if spec not in _storages:  # one connection pool per storage: polling stays cheap
+        _storages[spec] = make_storage(spec, study_name=name, heartbeat_interval=None, connect_retries=0)
     try:
-        return optuna.load_study(study_name=name, storage=make_storage(
-            spec, study_name=name, heartbeat_interval=None, connect_retries=0))
+        return optuna.load_study(study_name=name, storage=_storages[spec])
     except KeyError:
         return None  # not created yet
 
@@ -178,7 +182,7 @@ def test_two_workers_on_postgres_end_with_exactly_the_requested_complete_trials(
 @pytest.mark.parametrize("kind", ["postgres", "journal"])
 def test_a_worker_killed_mid_trial_is_failed_and_its_trial_rerun(tmp_path, request, workers, kind):
     spec = _spec(kind, request, tmp_path)
-    study_file = _study_file(tmp_path, epochs=4, pruner="none")  # trials long enough to be killed in
+    study_file = _study_file(tmp_path, epochs=10, pruner="none")  # trials long enough to be killed in
     victim = Worker(tmp_path, "victim", study_file, "--storage", spec, "-q")
     survivor = Worker(tmp_path, "survivor", study_file, "--storage", spec, "-q")
     workers += [victim, survivor]

@@ -157,3 +157,14 @@ def test_helpers():
     assert sqlite_path("sqlite:////abs/x.db").as_posix() == "/abs/x.db"
     assert sqlite_path("sqlite:///:memory:") is None
     assert sqlite_path("postgresql://h/db") is None
+
+
+def test_report_from_a_journal_storage(tmp_path):
+    storage_module = pytest.importorskip("sparsesearch.storage")
+    path = tmp_path / "journal.log"
+    make_study(storage_module.make_storage(f"journal:{path}", study_name="j", heartbeat_interval=None), "j")
+    study = open_study(f"journal:{path}", None)  # the only study there
+    text = write_report(study, tmp_path / "out", storage=f"journal:{path}").read_text()
+    assert "## Best trial vs the heuristics" in text and "95.20 %" in text
+    with pytest.raises(SparsesearchError, match="no study database at"):
+        open_study(f"journal:{tmp_path / 'absent.log'}", "j")

@@ -25,6 +25,7 @@ from sparsesearch.storage import (
 )
 from sparsesearch.workers import run_study
 
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 
 def _inner(storage):
     return getattr(storage, "_backend", storage)
