@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from sparsesearch.errors import PluginError, SparsesearchError
+from sparsesearch.errors import SparsesearchError
 
 __all__ = [
     "DatasetError",
@@ -299,34 +299,9 @@ _BUILTINS: dict[str, Callable[..., Splits]] = {
 
 def _registry(pm: Any = None) -> dict[str, Loader]:
     """Dataset loaders registered by plugins through ``sparsesearch_register_datasets``."""
-    if pm is None:
-        from sparsesearch.plugins import get_plugin_manager
+    from sparsesearch.plugins import collect_named
 
-        pm = get_plugin_manager()
-    registry: dict[str, Loader] = {}
-    for impl in reversed(pm.hook.sparsesearch_register_datasets.get_hookimpls()):
-        plugin = impl.plugin_name
-
-        def register(name: str, loader: Loader, _plugin: str = plugin) -> None:
-            if not isinstance(name, str) or not name or not callable(loader):
-                raise PluginError(
-                    f"plugin {_plugin!r} called register({name!r}, {loader!r}): "
-                    "expected a name and a loader function"
-                )
-            if name in _BUILTINS or name in registry:
-                raise PluginError(f"plugin {_plugin!r} registered dataset {name!r}, which exists")
-            registry[name] = loader
-
-        try:
-            impl.function(register=register)
-        except PluginError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the plugin's fault, say so
-            raise PluginError(
-                f"plugin {plugin!r} raised in sparsesearch_register_datasets: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-    return registry
+    return collect_named("sparsesearch_register_datasets", "dataset", _BUILTINS, pm)
 
 
 def list_datasets(pm: Any = None) -> list[str]:

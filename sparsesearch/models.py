@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsesearch.errors import PluginError, SparsesearchError
+from sparsesearch.errors import SparsesearchError
 
 __all__ = [
     "ModelError",
@@ -214,34 +214,9 @@ _ZOO: dict[str, Factory] = {
 
 def _registry(pm: Any = None) -> dict[str, Factory]:
     """Model factories registered by plugins through ``sparsesearch_register_models``."""
-    if pm is None:
-        from sparsesearch.plugins import get_plugin_manager
+    from sparsesearch.plugins import collect_named
 
-        pm = get_plugin_manager()
-    registry: dict[str, Factory] = {}
-    for impl in reversed(pm.hook.sparsesearch_register_models.get_hookimpls()):
-        plugin = impl.plugin_name
-
-        def register(name: str, factory: Factory, _plugin: str = plugin) -> None:
-            if not isinstance(name, str) or not name or not callable(factory):
-                raise PluginError(
-                    f"plugin {_plugin!r} called register({name!r}, {factory!r}): "
-                    "expected a name and a factory function"
-                )
-            if name in _ZOO or name in registry:
-                raise PluginError(f"plugin {_plugin!r} registered model {name!r}, which exists")
-            registry[name] = factory
-
-        try:
-            impl.function(register=register)
-        except PluginError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the plugin's fault, say so
-            raise PluginError(
-                f"plugin {plugin!r} raised in sparsesearch_register_models: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-    return registry
+    return collect_named("sparsesearch_register_models", "model", _ZOO, pm)
 
 
 def list_models(pm: Any = None) -> list[str]:

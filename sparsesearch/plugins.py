@@ -153,6 +153,40 @@ def collect(hook_name: str) -> list[tuple[tuple[str, str], tuple[Any, ...]]]:
     return out
 
 
+def collect_named(
+    hook_name: str, kind: str, existing: Any, pm: pluggy.PluginManager | None = None
+) -> dict[str, Callable[..., Any]]:
+    """Call a ``register(name, function)`` hook on every plugin (datasets, models).
+
+    A name that is already in ``existing`` or registered twice, a non-callable, or a plugin
+    that raises gives one :class:`PluginError` naming the plugin.
+    """
+    pm = pm or get_plugin_manager()
+    registry: dict[str, Callable[..., Any]] = {}
+    for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):
+        plugin = impl.plugin_name
+
+        def register(name: str, function: Callable[..., Any], _plugin: str = plugin) -> None:
+            if not isinstance(name, str) or not name or not callable(function):
+                raise PluginError(
+                    f"plugin {_plugin!r} called register({name!r}, {function!r}): "
+                    f"expected a name and a {kind} function"
+                )
+            if name in existing or name in registry:
+                raise PluginError(f"plugin {_plugin!r} registered {kind} {name!r}, which exists")
+            registry[name] = function
+
+        try:
+            impl.function(register=register)
+        except PluginError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the plugin's fault, say so
+            raise PluginError(
+                f"plugin {plugin!r} raised in {hook_name}: {type(exc).__name__}: {exc}"
+            ) from exc
+    return registry
+
+
 def _strategy_registry() -> dict[str, StrategyInfo]:
     global _strategies
     with _lock:

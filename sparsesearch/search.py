@@ -485,25 +485,18 @@ def search(
         raise SparsesearchError(f"n_trials must be >= 0, got {n_trials=}")
     dense_settings = DenseSettings(**dense) if isinstance(dense, Mapping) else (dense or DenseSettings())
     torch_device = resolve_device(device)
-
-    splits = _as_data(data, seed, data_options)
-    net, built = _resolve_model(model, splits, model_kwargs or {}, seed)
-    if checkpoint is not None:
-        from sparsesearch.models import load_checkpoint
-
-        net = load_checkpoint(net, checkpoint)
-        trained = True if trained is None else trained
     if not isinstance(storage, optuna.storages.BaseStorage):  # None, a URL or journal:PATH
         from sparsesearch.storage import make_storage
 
+        # before any training: an unreachable database fails now, not after the dense model
         storage = make_storage(storage, study_name=study_name, runs_dir=runs_dir)
     run_dir = Path(runs_dir) / study_name
     run_dir.mkdir(parents=True, exist_ok=True)
     data_key = _data_key(data, data_options)
-    dense_model = _prepare_dense(
-        net, built=built, trained=trained, splits=splits, dense=dense_settings, seed=seed,
-        device=torch_device, cache_dir=run_dir if isinstance(data, str) else None,
-        data_key=data_key,
+    dense_model, splits = prepare_dense_model(
+        model, data, seed=seed, dense=dense_settings, trained=trained, model_kwargs=model_kwargs,
+        data_options=data_options, checkpoint=checkpoint, device=device, runs_dir=runs_dir,
+        study_name=study_name,
     )
     dense_model.eval()
     layers = find_layers(dense_model, include=include, exclude=exclude)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from typing import Any, Mapping
 
 from sparsesearch.errors import SparsesearchError
@@ -178,6 +177,3 @@ class SearchSpace:
         d = dataclasses.asdict(self)
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
-
-def log_grid(lo: float, hi: float, n: int) -> list[float]:
-    return [math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * (i + 0.5) / n) for i in range(n)]

@@ -24,8 +24,6 @@ to fix it. It needs no pytest; pytest is only imported by :func:`strategy_cases`
 
 from __future__ import annotations
 
-import copy
-import math
 import re
 from typing import Any, Callable, Mapping, Sequence
 
