@@ -201,7 +201,7 @@ class _Objective:
         plan: BudgetPlan = self.plans[strat.granularity]
         scores = self.scores_for(strategy, strategy_params)
         if heuristic:
-            keep = plan.heuristic(heuristic, scores)
+            keep = self.heuristic_keep(heuristic, strategy, strategy_params, plan, scores)
             if self.space.allocation:  # the enqueued densities, so the sampler learns from seeds
                 for lb in plan.layers:
                     trial.suggest_float(f"density:{lb.name}", DENSITY_LOW, 1.0, log=True)
@@ -240,7 +240,10 @@ class _Objective:
 
         can_prune = not self.multi_objective and not heuristic
 
+        last: dict[str, float] = {}
+
         def on_epoch(epoch: int, acc: float) -> None:
+            last["acc"] = acc
             if not math.isfinite(acc):
                 raise SparsesearchError(f"validation accuracy is not finite at epoch {epoch}")
             if self.multi_objective:
@@ -276,7 +279,9 @@ class _Objective:
             )
         from sparsesearch.train import evaluate
 
-        val = evaluate(model, self.splits.val, device=self.device)
+        # the last epoch's validation accuracy is of these very weights; evaluate only
+        # when no epoch ran
+        val = last["acc"] if "acc" in last else evaluate(model, self.splits.val, device=self.device)
         if not math.isfinite(val):
             raise SparsesearchError("validation accuracy is not finite")
         trial.set_user_attr("val_accuracy", val)
@@ -286,6 +291,15 @@ class _Objective:
         if self.multi_objective:
             return val, float(counted)
         return val
+
+    def heuristic_keep(self, heuristic: str, strategy: str, params: Mapping[str, Any],
+                       plan: BudgetPlan, scores: Mapping[str, torch.Tensor]) -> dict[str, int]:
+        """A heuristic's allocation, computed once per (heuristic, strategy, params)."""
+        cache = self.__dict__.setdefault("heuristic_cache", {})
+        key = (heuristic, strategy, plan.granularity, json.dumps(params, sort_keys=True, default=str))
+        if key not in cache:
+            cache[key] = plan.heuristic(heuristic, scores)
+        return dict(cache[key])
 
     def measure(self, model: nn.Module, granularity: str) -> tuple[int, int]:
         """Parameters counted against the budget, and MACs per sample. Structured models are
@@ -572,7 +586,7 @@ def search(
             if len(strategies) > 1:
                 params["strategy"] = strategies[0]
             if space.allocation:
-                keep = plan.heuristic(h, scores)
+                keep = obj.heuristic_keep(h, first.name, {}, plan, scores)
                 top = max(keep[lb.name] / lb.units for lb in plan.layers)
                 for lb in plan.layers:
                     d = keep[lb.name] / lb.units / top
