@@ -81,6 +81,10 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
     "budget": {
         "params": ("int>=1", "maximum remaining parameters, counted over the whole model"),
         "fraction": ("fraction1", "share of the model's parameters to keep, in (0, 1]"),
+        "macs": ("int>=1", "instead of parameters: maximum multiply-accumulates per sample "
+                           "of the Linear/Conv layers"),
+        "macs_fraction": ("fraction1", "instead of parameters: share of the dense model's MACs "
+                                       "to keep, in (0, 1]"),
     },
     "search": {
         "strategies": ("strlist", "strategy names searched over (default ['magnitude']; "
@@ -140,6 +144,7 @@ class StudyConfig:
     model: str
     data: str
     budget: int | float
+    budget_metric: str = "params"
     n_trials: int | None = 20
     timeout: float | None = None
     max_complete: int | None = None
@@ -200,6 +205,7 @@ class StudyConfig:
             "model": self.model,
             "data": self.data,
             "budget": self.budget,
+            "budget_metric": self.budget_metric,
             "strategies": list(self.strategies),
             "n_trials": self.n_trials,
             "timeout": self.timeout,
@@ -400,10 +406,13 @@ def parse_study(doc: Mapping[str, Any], *, path: str | os.PathLike | None = None
     budget = values["budget"]
     if len(budget) != 1:
         raise ConfigError(
-            f"{where}[budget] needs exactly one of params (an int) or fraction (in (0, 1]), "
+            f"{where}[budget] needs exactly one of params (an int), fraction (in (0, 1]), "
+            f"macs (an int) or macs_fraction (in (0, 1]), "
             f"got {sorted(budget) or 'none'}"
         )
-    budget_value = budget.get("params", budget.get("fraction"))
+    budget_key = next(iter(budget))
+    budget_value = budget[budget_key]
+    budget_metric = "macs" if budget_key.startswith("macs") else "params"
 
     base = Path(os.path.abspath(os.path.dirname(path))) if path is not None else None
     study, model, data, search = values["study"], values["model"], values["data"], values["search"]
@@ -416,6 +425,7 @@ def parse_study(doc: Mapping[str, Any], *, path: str | os.PathLike | None = None
         model=model["name"],
         data=data["name"],
         budget=budget_value,
+        budget_metric=budget_metric,
         n_trials=study.get("n_trials", 20),
         timeout=study.get("timeout"),
         max_complete=study.get("max_complete"),

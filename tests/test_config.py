@@ -234,3 +234,15 @@ def test_missing_file_is_a_config_error(tmp_path):
         load_study_config(tmp_path / "absent.toml")
     with pytest.raises(ConfigError):
         load_study_config(os.fspath(tmp_path))  # a folder
+
+
+def test_mac_budget_keys_reach_search(tmp_path):
+    from sparsesearch.config import load_study_config
+
+    path = tmp_path / "macs.toml"
+    path.write_text('[model]\nname = "digits-cnn"\n[data]\nname = "digits"\n[budget]\nmacs_fraction = 0.3\n')
+    kw = load_study_config(path).search_kwargs(runs_dir=tmp_path)
+    assert kw["budget"] == 0.3 and kw["budget_metric"] == "macs"
+    path.write_text('[model]\nname = "digits-cnn"\n[data]\nname = "digits"\n[budget]\nparams = 500\n')
+    kw = load_study_config(path).search_kwargs(runs_dir=tmp_path)
+    assert kw["budget"] == 500 and kw["budget_metric"] == "params"
