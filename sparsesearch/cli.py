@@ -336,7 +336,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_report:
         from sparsesearch.report import write_report
 
-        report = write_report(study, run_dir, storage=storage)
+        report = write_report(study, run_dir, storage=storage, runs_dir=args.runs_dir, config=cfg,
+                              best_model=result.model)
         print(f"wrote {report} and {run_dir / 'plots'}/*.png")
     return 0
 
@@ -348,7 +349,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     _cfg, storage, name = _target(args)
     study = open_study(storage, name)
     out = Path(args.out) if args.out else Path(args.runs_dir) / study.study_name
-    report = write_report(study, out, storage=storage)
+    report = write_report(study, out, storage=storage, runs_dir=args.runs_dir, config=_cfg)
     print(f"wrote {report} and {out / 'plots'}/*.png")
     return 0
 
@@ -375,6 +376,10 @@ def cmd_export(args: argparse.Namespace) -> int:
                     "(the dense model was trained again, or training is not deterministic here)",
                     result.val_accuracy, result.stored_val_accuracy)
     print(f"wrote {result.model_path} and {result.recipe_path}")
+    for path in (result.program_path, result.onnx_path):
+        if path is not None:
+            what = "compacted, " if result.compacted_params is not None else ""
+            print(f"wrote {path} ({what}loads without the model class)")
     return 0
 
 

@@ -7,6 +7,13 @@ gone), then :func:`sparsesearch.apply_recipe`. The rebuilt model's validation ac
 checked against the stored value. The best trial of the last ``sparsesearch run`` is taken
 straight from ``runs/<study>/best.pt`` when that file belongs to it.
 
+Structured trials (granularity ``"channel"``) are also written COMPACTED (pruned channels
+removed) in forms that load without the model's Python class: a ``torch.export`` program
+(``<model>.pt2``; ``torch.export.load(path).module()(x)``) and, where the installed torch can
+write it (the ``onnx`` package is needed), ONNX (``<model>.onnx``). Unstructured trials get the
+``.pt2`` program of the masked model. The example input is two samples of the study's
+validation data.
+
 Model files: ``.safetensors`` (needs the ``safetensors`` package) or ``.pt`` / ``.pth``
 (``torch.save`` of the state_dict; load with ``torch.load(path, weights_only=True)``).
 """
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import math
 import os
 from pathlib import Path
@@ -33,10 +41,14 @@ __all__ = [
     "config_from_study",
     "export_trial",
     "has_safetensors",
+    "example_batch",
+    "write_programs",
     "output_paths",
     "save_state_dict",
     "write_export",
 ]
+
+log = logging.getLogger(__name__)
 
 CONFIG_ATTR = "sparsesearch_config"
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -129,6 +141,11 @@ class ExportResult:
     stored_val_accuracy: float
     val_accuracy: float | None  # of the rebuilt model (None: taken from best.pt unchanged)
     source: str  # "best.pt" or "rebuilt"
+    program_path: Path | None = None  # torch.export program (.pt2)
+    onnx_path: Path | None = None  # ONNX file (structured trials, where torch can write it)
+    compacted_params: int | None = None  # parameters of the compacted model (structured trials)
+    notes: tuple[str, ...] = ()  # one line per skipped format
+
 
     @property
     def matches(self) -> bool:
@@ -239,26 +256,89 @@ def _from_best_file(study: optuna.Study, trial: FrozenTrial, run_dir: Path) -> d
     return torch.load(model_file, map_location="cpu", weights_only=True)
 
 
+def dense_for(study: optuna.Study, config: Any, *, runs_dir: str | os.PathLike = "runs",
+              device: Any = "cpu") -> tuple[nn.Module, Any]:
+    """The study's dense model and data splits, as the search prepared them."""
+    from sparsesearch.search import prepare_dense_model
+
+    torch.manual_seed(config.seed)  # as `sparsesearch run` does before search(): same init
+    return prepare_dense_model(
+        config.model, config.data, seed=config.seed, dense=config.dense,
+        model_kwargs=config.model_kwargs, data_options=config.data_kwargs() or None,
+        checkpoint=config.checkpoint, device=str(device), runs_dir=runs_dir,
+        study_name=study.study_name,
+    )
+
+
+def example_batch(splits: Any, n: int = 2) -> torch.Tensor:
+    """``n`` real input samples (validation split) stacked into one batch."""
+    ds = splits.val
+    return torch.stack([torch.as_tensor(ds[i][0]) for i in range(min(n, len(ds)))]).float()
+
+
+def is_structured(trial: FrozenTrial) -> bool:
+    return trial.user_attrs.get("granularity") == "channel"
+
+
+def compacted(model: nn.Module, example: torch.Tensor):
+    """``compact`` of a model with permanent masks (no masks kept): a :class:`CompactResult`."""
+    from sparsesearch.compact import compact
+
+    return compact(model.cpu().eval(), example_input=example, keep_masks=False)
+
+
+def write_programs(model: nn.Module, example: torch.Tensor, model_path: str | os.PathLike, *,
+                   onnx: bool = True) -> tuple[Path | None, Path | None, tuple[str, ...]]:
+    """Write ``model`` (no masks) as a torch.export program next to ``model_path`` (``.pt2``)
+    and, with ``onnx``, as ONNX (``.onnx``). A format torch cannot write here is skipped with
+    one logged line: ``(pt2 path or None, onnx path or None, notes)``."""
+    model_path = Path(model_path)
+    model = model.cpu().eval()
+    example = example.cpu()
+    notes: list[str] = []
+    pt2: Path | None = model_path.with_suffix(".pt2")
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(model, (example,))
+        torch.export.save(ep, pt2)
+    except Exception as exc:  # noqa: BLE001 - a model torch.export cannot capture
+        notes.append(f"torch.export program skipped: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+        pt2 = None
+    onnx_path: Path | None = None
+    if onnx:
+        if importlib.util.find_spec("onnx") is None:
+            notes.append("ONNX export skipped: the onnx package is not installed (pip install onnx)")
+        else:
+            onnx_path = model_path.with_suffix(".onnx")
+            try:
+                with torch.no_grad():
+                    torch.onnx.export(model, (example,), str(onnx_path), dynamo=False,
+                                      input_names=["input"], output_names=["output"],
+                                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+            except Exception as exc:  # noqa: BLE001 - missing exporter pieces, unsupported op
+                notes.append(f"ONNX export skipped: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+                onnx_path.unlink(missing_ok=True)
+                onnx_path = None
+    for note in notes:
+        log.warning("%s", note)
+    return pt2, onnx_path, tuple(notes)
+
+
 def rebuild_trial(study: optuna.Study, trial: FrozenTrial, config: Any, *, runs_dir: str | os.PathLike = "runs",
-                  device: str | None = None) -> tuple[nn.Module, float]:
-    """Replay ``trial`` from the dense model: ``(pruned model with permanent masks, val accuracy)``."""
+                  device: str | None = None, return_splits: bool = False):
+    """Replay ``trial`` from the dense model: ``(pruned model with permanent masks, val accuracy)``
+    (and the data splits with ``return_splits``)."""
     from sparsesearch.masks import make_permanent
     from sparsesearch.recipe import apply_recipe
-    from sparsesearch.search import prepare_dense_model
     from sparsesearch.train import evaluate, resolve_device
 
     torch_device = resolve_device(device or config.device)
-    torch.manual_seed(config.seed)  # as `sparsesearch run` does before search(): same init
-    dense, splits = prepare_dense_model(
-        config.model, config.data, seed=config.seed, dense=config.dense,
-        model_kwargs=config.model_kwargs, data_options=config.data_kwargs() or None,
-        checkpoint=config.checkpoint, device=str(torch_device), runs_dir=runs_dir,
-        study_name=study.study_name,
-    )
+    dense, splits = dense_for(study, config, runs_dir=runs_dir, device=torch_device)
     recipe = Recipe.from_dict(trial.user_attrs["recipe"])
     model = apply_recipe(dense, recipe, splits, device=torch_device)
     model = make_permanent(model)
-    return model, evaluate(model, splits.val, device=torch_device)
+    val = evaluate(model, splits.val, device=torch_device)
+    return (model, val, splits) if return_splits else (model, val)
 
 
 def export_trial(
@@ -269,11 +349,14 @@ def export_trial(
     config: Any = None,
     runs_dir: str | os.PathLike = "runs",
     device: str | None = None,
+    programs: bool = True,
 ) -> ExportResult:
     """Write trial ``trial`` (default: the best) of ``study`` as a model file and recipe JSON.
 
     ``config`` is the study's :class:`~sparsesearch.config.StudyConfig` (default: the one
     stored in the study). The model is rebuilt unless ``runs_dir/<study>/best.pt`` holds it.
+    With ``programs`` the model is also written as a torch.export program (compacted for
+    structured trials, plus ONNX where possible): see :func:`write_programs`.
     """
     from sparsesearch.budget import count_params
 
@@ -284,13 +367,37 @@ def export_trial(
     if state is not None:
         recipe = trial_recipe(study, t)
         model_path, recipe_path = write_export(state, recipe, out)
-        return ExportResult(model_path, recipe_path, t.number, int(t.user_attrs.get("params", 0)),
-                            stored, None, "best.pt")
+        result = ExportResult(model_path, recipe_path, t.number, int(t.user_attrs.get("params", 0)),
+                              stored, None, "best.pt")
+        if not programs:
+            return result
+        if config is None:
+            config = config_from_study(study)
+        model, splits = dense_for(study, config, runs_dir=runs_dir)
+        model.load_state_dict(state)  # best.pt holds the masks made permanent: the dense keys
+        return _with_programs(result, t, model, splits)
     if config is None:
         config = config_from_study(study)
-    model, val = rebuild_trial(study, t, config, runs_dir=runs_dir, device=device)
+    model, val, splits = rebuild_trial(study, t, config, runs_dir=runs_dir, device=device, return_splits=True)
     params = count_params(model).remaining
     recipe = trial_recipe(study, t, rebuilt_val_accuracy=val)
     recipe = dataclasses.replace(recipe, params=int(params))
     model_path, recipe_path = write_export(model, recipe, out)
-    return ExportResult(model_path, recipe_path, t.number, int(params), stored, val, "rebuilt")
+    result = ExportResult(model_path, recipe_path, t.number, int(params), stored, val, "rebuilt")
+    return _with_programs(result, t, model, splits) if programs else result
+
+
+def _with_programs(result: ExportResult, trial: FrozenTrial, model: nn.Module, splits: Any) -> ExportResult:
+    example = example_batch(splits)
+    model = model.cpu().eval()
+    compacted_params = None
+    notes: tuple[str, ...] = ()
+    if is_structured(trial):
+        c = compacted(model, example)
+        if c.fallback:
+            notes += (f"not compacted ({c.reason}): the programs hold the masked model",)
+            log.warning("%s", notes[-1])
+        model, compacted_params = c.model, int(c.params_after)
+    pt2, onnx_path, more = write_programs(model, example, result.model_path, onnx=is_structured(trial))
+    return dataclasses.replace(result, program_path=pt2, onnx_path=onnx_path,
+                               compacted_params=compacted_params, notes=notes + more)

@@ -4,6 +4,9 @@
 attributes written by :func:`sparsesearch.search`), so it works from a storage URL alone, on
 any machine that can reach the storage. It never evaluates a model: test accuracy appears only
 where the search stored it (the best trial's, in the study attribute ``test_accuracy``).
+The one exception is the opt-out CPU latency table of structured studies (``latency=True``),
+which loads the dense model from the run folder's dense cache and times it and the compacted
+best model.
 
 Plots use matplotlib's object API with the Agg canvas (no display, no global backend change).
 """
@@ -298,6 +301,66 @@ def plot_layer_sparsity(best: FrozenTrial, path: Path, compare: FrozenTrial | No
 
 
 # ---------------------------------------------------------------------------------------------
+# CPU latency of the dense and the compacted best model
+
+LATENCY_BATCHES = (1, 64)
+
+
+def median_latency(model: Any, example: Any, *, runs: int = 20, warmup: int = 3) -> float:
+    """Median wall time in seconds of ``model(example)`` on the CPU (``torch.inference_mode``)."""
+    import statistics
+    import time
+
+    import torch
+
+    model = model.cpu().eval()
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            start = time.perf_counter()
+            model(example)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _latency_section(study: optuna.Study, best: FrozenTrial, runs_dir: Any, config: Any,
+                     best_model: Any) -> list[str]:
+    import torch
+
+    from sparsesearch.export import (
+        compacted, config_from_study, dense_for, example_batch, rebuild_trial,
+    )
+
+    run_dir = Path(runs_dir) / study.study_name
+    try:
+        if config is None:
+            config = config_from_study(study)
+        if config.checkpoint is None and not any(run_dir.glob("dense-*.pt")):
+            return [f"Latency not measured: no dense-model cache in {run_dir} to rebuild the models from."]
+        dense, splits = dense_for(study, config, runs_dir=runs_dir)
+        if best_model is None:
+            best_model, _ = rebuild_trial(study, best, config, runs_dir=runs_dir, device="cpu")
+        example = example_batch(splits, 1)
+        result = compacted(best_model, example)
+    except Exception as exc:  # noqa: BLE001 - the report never fails for the latency section
+        return [f"Latency not measured: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"]
+    if result.fallback:
+        return [f"Latency not measured: the best model could not be compacted ({result.reason})."]
+    models = {"dense": dense.cpu().eval(), "compacted": result.model.eval()}
+    out = [f"Median of 20 runs after 3 warm-ups, `torch.inference_mode`, on the CPU "
+           f"({torch.get_num_threads()} threads); compacted: {result.params_after:,} of "
+           f"{result.params_before:,} parameters.", "",
+           "| batch | dense (ms) | compacted (ms) | speed-up |", "|---|---|---|---|"]
+    for b in LATENCY_BATCHES:
+        x = example.expand(b, *example.shape[1:]).contiguous()
+        ms = {k: 1000 * median_latency(m, x) for k, m in models.items()}
+        out.append(f"| batch {b} | {ms['dense']:.3f} | {ms['compacted']:.3f} | "
+                   f"{ms['dense'] / max(ms['compacted'], 1e-9):.2f}× |")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # the Markdown report
 
 
@@ -324,9 +387,19 @@ def write_report(
     *,
     storage: str | None = None,
     title: str | None = None,
+    latency: bool = True,
+    runs_dir: str | os.PathLike = "runs",
+    config: Any = None,
+    best_model: Any = None,
 ) -> Path:
     """Write ``out_dir/report.md`` and ``out_dir/plots/*.png`` for ``study``; return the
-    report's path. ``storage`` is shown (password masked) so readers can open the study."""
+    report's path. ``storage`` is shown (password masked) so readers can open the study.
+
+    With ``latency`` (the default) and a structured best trial (granularity ``"channel"``),
+    the CPU latency of the dense and the compacted best model is measured, when the dense
+    model can be loaded from the dense cache in ``runs_dir/<study>/`` (``config``: the study's
+    :class:`~sparsesearch.config.StudyConfig`, default the stored one; ``best_model``: the
+    best trial's pruned model, default rebuilt from its recipe)."""
     from sparsesearch.search import mask_url
 
     out = Path(out_dir)
@@ -462,6 +535,12 @@ def write_report(
             add("")
         add("Replay it with `sparsesearch export` (the model and its recipe JSON) or "
             "`sparsesearch.apply_recipe(dense_model, recipe, data)`.")
+        add("")
+
+    if latency and best is not None and best.user_attrs.get("granularity") == "channel":
+        add("## CPU latency (dense vs compacted best)")
+        add("")
+        lines.extend(_latency_section(study, best, runs_dir, config, best_model))
         add("")
 
     failed = [t for t in trials if t.state == TrialState.FAIL]

@@ -135,3 +135,73 @@ def test_export_errors(searched, tmp_path):
     failed.set_user_attr("settings", {"data": "(datasets)", "model": "Sequential"})
     with pytest.raises(SparsesearchError, match="in-memory datasets"):
         config_from_study(failed)
+
+
+@pytest.fixture(scope="module")
+def structured(tmp_path_factory):
+    """A tiny l1-filter (channel) study of digits-cnn."""
+    tmp = tmp_path_factory.mktemp("structured")
+    storage = f"sqlite:///{tmp / 'study.db'}"
+    torch.manual_seed(0)
+    result = sparsesearch.search(
+        "digits-cnn", "digits", 0.3, strategies=["l1-filter"], n_trials=2, seed=0, storage=storage,
+        study_name="s", runs_dir=tmp / "runs", dense={"epochs": 2, "lr": 0.1},
+        space={"lr": 0.1, "epochs": 1}, heuristics=["uniform"], pruner="none",
+    )
+    return result, storage, tmp
+
+
+def test_export_of_a_structured_trial_writes_a_compacted_program(structured, tmp_path):
+    import subprocess
+    import sys
+
+    from sparsesearch.compact import compact
+    from sparsesearch.export import dense_for, example_batch, rebuild_trial
+
+    result, storage, tmp = structured
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert result.best_trial.user_attrs["granularity"] == "channel"
+    out = export_trial(study, tmp_path / "m.pt", runs_dir=tmp / "runs")
+    assert out.program_path == tmp_path / "m.pt2" and out.program_path.is_file()
+    assert out.compacted_params is not None and out.compacted_params < sum(
+        v.numel() for v in torch.load(out.model_path, weights_only=True).values())
+    if out.onnx_path is None:  # no onnx package here: skipped with one line, never a crash
+        assert any("ONNX export skipped" in n for n in out.notes)
+    else:
+        assert out.onnx_path.is_file()
+    # the reference: the compacted model, built here
+    cfg = config_from_study(study)
+    model, _ = rebuild_trial(study, result.best_trial, cfg, runs_dir=tmp / "runs", device="cpu")
+    _, splits = dense_for(study, cfg, runs_dir=tmp / "runs")
+    x = example_batch(splits, 2)
+    compacted = compact(model.eval(), example_input=x, keep_masks=False).model.eval()
+    with torch.no_grad():
+        expected = compacted(x)
+    torch.save(x, tmp_path / "x.pt")
+    torch.save(expected, tmp_path / "y.pt")
+    # load and run it in a fresh interpreter that never imports sparsesearch (no model class)
+    code = (
+        "import sys, torch\n"
+        f"ep = torch.export.load({str(out.program_path)!r})\n"
+        f"x = torch.load({str(tmp_path / 'x.pt')!r}); y = torch.load({str(tmp_path / 'y.pt')!r})\n"
+        "got = ep.module()(x)\n"
+        "assert torch.allclose(got, y, atol=1e-5), (got - y).abs().max()\n"
+        "assert not any(m.startswith('sparsesearch') for m in sys.modules)\n"
+        "print('ok')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+
+
+def test_report_of_a_structured_study_times_dense_and_compacted(structured, tmp_path):
+    from sparsesearch.report import write_report
+
+    _, storage, tmp = structured
+    study = optuna.load_study(study_name="s", storage=storage)
+    text = write_report(study, tmp_path / "r", runs_dir=tmp / "runs").read_text()
+    section = text.split("## CPU latency")[1].split("\n## ")[0]
+    assert "| batch | dense (ms) | compacted (ms) | speed-up |" in section
+    assert "| batch 1 |" in section and "| batch 64 |" in section
+    text = write_report(study, tmp_path / "r2", runs_dir=tmp_path / "nothing").read_text()
+    assert "Latency not measured: no dense-model cache" in text
+    assert "## CPU latency" not in write_report(study, tmp_path / "r3", latency=False).read_text()
