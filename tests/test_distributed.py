@@ -184,12 +184,15 @@ def test_a_worker_killed_mid_trial_is_failed_and_its_trial_rerun(tmp_path, reque
     spec = _spec(kind, request, tmp_path)
     study_file = _study_file(tmp_path, epochs=10, pruner="none")  # trials long enough to be killed in
     victim = Worker(tmp_path, "victim", study_file, "--storage", spec, "-q")
-    survivor = Worker(tmp_path, "survivor", study_file, "--storage", spec, "-q")
-    workers += [victim, survivor]
-    killed = _poll(lambda: _running_trial_of(spec, victim.pid), [victim, survivor],
+    workers.append(victim)
+    killed = _poll(lambda: _running_trial_of(spec, victim.pid), [victim],
                    what="a RUNNING trial of the victim past its first epoch")
     victim.proc.send_signal(signal.SIGKILL)
     assert victim.proc.wait(30) == -signal.SIGKILL
+    # the survivor starts after the kill, so a fast machine cannot let it finish the study
+    # before the victim is caught mid-trial; it must find the stale trial and re-run it
+    survivor = Worker(tmp_path, "survivor", study_file, "--storage", spec, "-q")
+    workers.append(survivor)
     assert survivor.wait() == 0, survivor.output()
     study = _load(spec)
     trials = _assert_exact(study)
