@@ -290,15 +290,9 @@ def _positions(model: nn.Module, layers: Sequence[Layer], example_input: torch.T
             out[_name] = int(per_sample.numel() // per_sample.shape[0]) if isinstance(
                 module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else int(per_sample.numel() // module.out_features)
         handles.append(layer.module.register_forward_hook(hook))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    from sparsesearch.layers import run_hooked
+
+    run_hooked(model, example_input, handles)
     missing = [layer.name for layer in layers if layer.name not in out]
     if missing:
         raise SparsesearchError(f"layer {missing[0]!r} did not run on the example input; cannot count its MACs")

@@ -20,15 +20,9 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def _execution_order(model: nn.Module, candidates: list[str], example_input) -> list[str]:
-    order: list[str] = []
-    handles = []
-    modules = dict(model.named_modules())
-    for name in candidates:
-        def hook(_m, _i, _o, _name=name):
-            if _name not in order:
-                order.append(_name)
-        handles.append(modules[name].register_forward_hook(hook))
+def run_hooked(model: nn.Module, example_input, handles: list) -> None:
+    """One eval-mode, no-grad forward pass; then remove ``handles`` (forward hooks) and
+    restore the model's training mode."""
     was_training = model.training
     try:
         model.eval()
@@ -38,6 +32,18 @@ def _execution_order(model: nn.Module, candidates: list[str], example_input) -> 
         for h in handles:
             h.remove()
         model.train(was_training)
+
+
+def _execution_order(model: nn.Module, candidates: list[str], example_input) -> list[str]:
+    order: list[str] = []
+    handles = []
+    modules = dict(model.named_modules())
+    for name in candidates:
+        def hook(_m, _i, _o, _name=name):
+            if _name not in order:
+                order.append(_name)
+        handles.append(modules[name].register_forward_hook(hook))
+    run_hooked(model, example_input, handles)
     # layers that never ran keep their registration order, after the ones that ran
     return order + [n for n in candidates if n not in order]
 
