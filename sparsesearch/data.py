@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import inspect
 import os
 from pathlib import Path
@@ -310,23 +309,9 @@ def list_datasets(pm: Any = None) -> list[str]:
 
 
 def _import_function(spec: str) -> Loader:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise DatasetError(f"dataset {spec!r}: expected 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - ImportError or an error inside the module
-        raise DatasetError(
-            f"dataset {spec!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc})"
-        ) from exc
-    obj: Any = module
-    for part in attr.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise DatasetError(f"dataset {spec!r}: module {module_name!r} has no {attr!r}")
-    if not callable(obj):
-        raise DatasetError(f"dataset {spec!r}: {attr!r} is not callable")
-    return obj
+    from sparsesearch.plugins import import_callable
+
+    return import_callable(spec, kind="dataset", error=DatasetError)
 
 
 def _call_loader(name: str, loader: Loader, *, seed: int, root: Any, options: dict) -> Any:

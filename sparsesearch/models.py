@@ -7,7 +7,6 @@ by ``sparsesearch.train`` (or loaded from a local checkpoint with :func:`load_ch
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 import math
 import os
@@ -232,22 +231,9 @@ def _torchvision_names() -> list[str]:
 
 
 def _import_function(spec: str) -> Factory:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ModelError(f"model {spec!r}: expected 'package.module:function'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - ImportError or an error inside the module
-        raise ModelError(
-            f"model {spec!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc})"
-        ) from exc
-    for part in attr.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise ModelError(f"model {spec!r}: module {module_name!r} has no {attr!r}")
-    if not callable(obj):
-        raise ModelError(f"model {spec!r}: {attr!r} is not callable")
-    return obj
+    from sparsesearch.plugins import import_callable
+
+    return import_callable(spec, kind="model", error=ModelError)
 
 
 def _accepts(factory: Callable, name: str) -> bool:

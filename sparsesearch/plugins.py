@@ -187,6 +187,27 @@ def collect_named(
     return registry
 
 
+def import_callable(spec: str, *, kind: str, error: type[Exception]) -> Callable[..., Any]:
+    """Import ``"package.module:function"`` (dotted attributes allowed) for a user-given
+    ``kind`` ("dataset", "model"); every failure is one ``error`` line naming ``spec``."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise error(f"{kind} {spec!r}: expected 'package.module:function'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - ImportError or an error inside the module
+        raise error(
+            f"{kind} {spec!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc})"
+        ) from exc
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise error(f"{kind} {spec!r}: module {module_name!r} has no {attr!r}")
+    if not callable(obj):
+        raise error(f"{kind} {spec!r}: {attr!r} is not callable")
+    return obj
+
+
 def _strategy_registry() -> dict[str, StrategyInfo]:
     global _strategies
     with _lock:
