@@ -253,30 +253,31 @@ class _Objective:
                 trial.set_user_attr("pruned_at_epoch", epoch)
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} with val accuracy {acc:.4f}")
 
+        measured: dict[str, int] = {}
+
         def check_masked(masked: nn.Module, final: bool) -> None:
-            # structured trials are counted on the compacted model; channels tied by a
-            # residual addition may stay, so check before any training of the final step
-            if final and strat.granularity == "channel":
-                counted, masked_macs = self.measure(masked, "channel")
-                value = masked_macs if plan.metric == "macs" else counted
-                if value > plan.budget_params:
-                    raise SparsesearchError(
-                        f"the compacted model keeps {value} {plan.metric}, over the budget "
-                        f"{plan.budget_params}: channels tied by residual additions were kept"
-                    )
+            # count once, on the final masks and before their fine-tuning: training never
+            # un-prunes, so the count holds for the trained model too. Structured models are
+            # counted compacted, where channels tied by a residual addition may stay.
+            if not final:
+                return
+            measured["params"], measured["macs"] = self.measure(masked, strat.granularity)
+            value = measured[plan.metric]
+            if value > plan.budget_params:
+                raise SparsesearchError(
+                    f"the {'compacted ' if strat.granularity == 'channel' else ''}model keeps "
+                    f"{value} {plan.metric}, over the budget {plan.budget_params}"
+                    + (": channels tied by residual additions were kept"
+                       if strat.granularity == "channel" else "")
+                )
 
         model = apply_recipe(
             self.dense, recipe, self.splits, device=self.device,
             scores=scores, teacher=self.teacher, on_epoch=on_epoch, on_masked=check_masked,
         )
-        counted, macs = self.measure(model, strat.granularity)
+        counted = measured["params"]
         trial.set_user_attr("params", int(counted))
-        trial.set_user_attr("macs", int(macs))
-        value = macs if plan.metric == "macs" else counted
-        if value > plan.budget_params:  # cannot happen by construction; a backstop
-            raise SparsesearchError(
-                f"trial counts {value} {plan.metric}, over the budget {plan.budget_params}"
-            )
+        trial.set_user_attr("macs", int(measured["macs"]))
         from sparsesearch.train import evaluate
 
         # the last epoch's validation accuracy is of these very weights; evaluate only
