@@ -380,6 +380,31 @@ def _data_key(data: Any, options: Mapping[str, Any] | None) -> str:
     return data + json.dumps(dict(options), sort_keys=True, default=str)
 
 
+def _check_fits(model: nn.Module, splits: Any, device: torch.device) -> None:
+    """One forward pass on two training samples: a model that does not fit the data is a
+    user error (one line), found before any training."""
+    from sparsesearch.recipe import _example
+
+    x = _example(splits, device)
+    try:
+        with torch.no_grad():
+            was_training = model.training
+            model.to(device).eval()
+            out = model(x)
+            model.train(was_training)
+    except Exception as exc:  # noqa: BLE001 - any failure here is a model/data mismatch
+        raise SparsesearchError(
+            f"model {type(model).__name__} fails on {splits.name!r} inputs of shape "
+            f"{tuple(x.shape[1:])}: {type(exc).__name__}: {exc}"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] < splits.num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SparsesearchError(
+            f"model {type(model).__name__} returns {shape} on {splits.name!r}; expected "
+            f"(batch, {splits.num_classes}) class scores"
+        )
+
+
 def prepare_dense_model(
     model: nn.Module | str,
     data: Any,
@@ -408,6 +433,7 @@ def prepare_dense_model(
 
         net = load_checkpoint(net, checkpoint)
         trained = True if trained is None else trained
+    _check_fits(net, splits, torch_device)
     run_dir = Path(runs_dir) / study_name
     dense_model = _prepare_dense(
         net, built=built, trained=trained, splits=splits, dense=dense_settings, seed=seed,

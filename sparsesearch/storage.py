@@ -121,9 +121,22 @@ def resolve_storage_spec(
         )
     if s.startswith("postgres://"):
         s = "postgresql://" + s[len("postgres://"):]
+    if s.startswith("postgresql://"):
+        s = "postgresql+" + _postgres_driver() + "://" + s[len("postgresql://"):]
     if s.split("://", 1)[0].startswith("redis"):
         raise SparsesearchError("redis storage is not supported; use postgresql://... or journal:PATH")
     return s
+
+
+def _postgres_driver() -> str:
+    """The installed PostgreSQL driver for a bare ``postgresql://`` URL: SQLAlchemy 2.1's
+    default is psycopg 3, while ``sparsesearch[postgres]`` installs psycopg2."""
+    import importlib.util
+
+    for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return driver
+    return "psycopg2"  # the error then names the extra to install
 
 
 def storage_label(storage: str | BaseStorage | None) -> str:

@@ -110,7 +110,7 @@ class PostgresServer:
 
     def url(self, database: str = "postgres", password: str | None = None) -> str:
         auth = self.user if password is None else f"{self.user}:{password}"
-        return f"postgresql+psycopg2://{auth}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{auth}@127.0.0.1:{self.port}/{database}"  # as users type it
 
     def create_database(self, prefix: str = "t") -> str:
         """A new empty database; its URL."""

@@ -154,15 +154,13 @@ def test_unknown_space_key_suggests(tmp_path):
 
 def test_nan_loss_fails_only_that_trial(tmp_path, runs_dir):
     # an lr this large blows up SGD: every trial fails with the reason stored, the study goes on
-    r = None
     with pytest.raises(SparsesearchError, match="no COMPLETE trial"):
-        r = _search(tmp_path, name="nan", n_trials=3, runs=runs_dir, space={"lr": 1e12, "epochs": 1})
+        _search(tmp_path, name="nan", n_trials=3, runs=runs_dir, space={"lr": 1e12, "epochs": 1})
     study = optuna.load_study(study_name="nan", storage=f"sqlite:///{tmp_path / 'study.db'}")
     finished = [t for t in study.trials if t.state != optuna.trial.TrialState.WAITING]
     assert len(finished) == 3
     assert all(t.state == optuna.trial.TrialState.FAIL for t in finished)
     assert all("NonFiniteLossError" in t.user_attrs["fail_reason"] for t in finished)
-    assert r is None
 
 
 class Exploding(sparsesearch.Strategy):
@@ -230,3 +228,12 @@ def test_mac_budget_is_met_by_every_trial(tmp_path, runs_dir):
     for t in complete:
         assert t.user_attrs["macs"] <= attrs["budget_macs"]
     assert count_macs(r.model, x, nonzero=True) <= attrs["budget_macs"]
+
+
+def test_model_that_does_not_fit_the_data_is_one_clear_error(tmp_path, runs_dir):
+    with pytest.raises(SparsesearchError, match=r"fails on 'digits' inputs of shape \(1, 8, 8\)"):
+        sparsesearch.search(torch.nn.Linear(3, 2), "digits", 0.5, n_trials=1,
+                            storage=f"sqlite:///{tmp_path / 'f.db'}", runs_dir=runs_dir)
+    with pytest.raises(SparsesearchError, match=r"expected \(batch, 10\) class scores"):
+        sparsesearch.search(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)), "digits",
+                            0.5, n_trials=1, storage=f"sqlite:///{tmp_path / 'g.db'}", runs_dir=runs_dir)

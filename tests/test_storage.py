@@ -56,7 +56,7 @@ def test_a_study_with_only_a_journal_keeps_using_it(tmp_path):
     ("journal:/x/j.log", "journal:/x/j.log"),
     ("runs/a.log", "journal:runs/a.log"),
     ("b.journal", "journal:b.journal"),
-    ("postgres://u:p@h/db", "postgresql://u:p@h/db"),
+    ("postgres://u:p@h/db", "postgresql+psycopg2://u:p@h/db"),
     ("postgresql+psycopg2://u@h:5/db", "postgresql+psycopg2://u@h:5/db"),
     ("mysql://u@h/db", "mysql://u@h/db"),
     ("sqlite:///x.db", "sqlite:///x.db"),
@@ -309,7 +309,7 @@ def test_database_down_for_good_is_one_clean_error_and_no_half_written_trial(own
         run_study(study, lambda t: t.suggest_float("x", 0, 1), n_trials=3, timeout=None)
     assert "pw@" not in str(info.value) and "***" in str(info.value)
     own_server.start()
-    trials = optuna.load_study(study_name="s", storage=url).trials
+    trials = optuna.load_study(study_name="s", storage=make_storage(url, study_name="s", heartbeat_interval=None)).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE]
 
 
