@@ -183,8 +183,6 @@ def _err(msg: str) -> None:
 
 def _check_storage(url: str) -> None:
     """Connect (and create the schema) before any training, so a bad URL fails fast."""
-    import optuna
-
     from sparsesearch.errors import SparsesearchError
     from sparsesearch.search import mask_url
 
@@ -393,12 +391,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sparsesearch.errors import SparsesearchError
 
     user_errors: tuple[type[BaseException], ...] = (SparsesearchError, ValueError, OSError)
-    try:  # NaN loss in dense training: a setting to change (the dense learning rate), not a bug
-        from sparsesearch.train import NonFiniteLossError
-
-        user_errors += (NonFiniteLossError,)
-    except ImportError:  # pragma: no cover
-        pass
     with warnings.catch_warnings(), _logging_restored():  # main() may run in-process
         try:
             return int(args.func(args) or 0)

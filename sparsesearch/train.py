@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from sparsesearch.data import Splits, TensorSplit
+from sparsesearch.errors import SparsesearchError
 
 __all__ = [
     "FitResult",
@@ -31,8 +32,9 @@ OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("cosine", "constant")
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite (usually: the learning rate is too high)."""
+class NonFiniteLossError(SparsesearchError, RuntimeError):
+    """The training loss became NaN or infinite (usually: the learning rate is too high): a
+    setting to change, so a user error (one line, exit 2 from the CLI)."""
 
 
 @dataclasses.dataclass

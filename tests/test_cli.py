@@ -187,7 +187,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
     "args, message",
     [
         (["run", "s.toml", "--storage", "postgresql://bob:s3cret@127.0.0.1:1/nodb"],
-         "cannot open storage postgresql://bob:***@127.0.0.1:1/nodb"),
+         "cannot open storage postgresql+psycopg2://bob:***@127.0.0.1:1/nodb"),
         (["report", "--storage", "sqlite:///absent.db", "--study-name", "x"], "no study database at absent.db"),
         (["export", "--storage", "sqlite:///absent.db", "--out", "m.pt"], "no study database at absent.db"),
         (["run", "absent.toml"], "study file not found: absent.toml"),
