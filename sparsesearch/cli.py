@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
+        if _SECRETS or "://" in msg:
+            msg = scrub(msg)
         if record.levelno >= logging.WARNING:
             return f"sparsesearch: warning: {msg}"
         return f"sparsesearch: {msg}"
@@ -153,12 +155,27 @@ def _setup_logging(quiet: bool, progress: Any = None) -> logging.Handler:
     return handler
 
 
-_URL_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^:/@\s]*:)[^@\s]+@")
+_URL = re.compile(r"\b[A-Za-z][\w+.-]*://\S+")
+_SECRETS: set[str] = set()  # passwords of the storage URLs this invocation was given
+
+
+def _remember_secrets(*urls: Any) -> None:
+    """Passwords of ``urls`` are scrubbed from every line this command prints."""
+    from sparsesearch.storage import url_secrets
+
+    for url in urls:
+        _SECRETS.update(url_secrets(url))
 
 
 def scrub(text: str) -> str:
-    """``text`` on one line, with the password of any ``scheme://user:password@`` URL masked."""
-    return _URL_PASSWORD.sub(r"\1***@", " ".join(str(text).split()))
+    """``text`` on one line, with the password of any ``scheme://user:password@`` URL masked
+    (and any password of a storage URL given to this command, wherever it appears)."""
+    from sparsesearch.storage import mask_url
+
+    out = _URL.sub(lambda m: mask_url(m.group(0)), " ".join(str(text).split()))
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        out = out.replace(secret, "***")
+    return out
 
 
 @contextlib.contextmanager
@@ -184,9 +201,7 @@ def _err(msg: str) -> None:
 def _check_storage(url: str) -> None:
     """Connect (and create the schema) before any training, so a bad URL fails fast."""
     from sparsesearch.errors import SparsesearchError
-    from sparsesearch.search import mask_url
-
-    from sparsesearch.storage import make_storage
+    from sparsesearch.storage import make_storage, mask_url
 
     try:  # retries an unreachable server (one warning line each), then one error line
         make_storage(url, study_name="-", heartbeat_interval=None)
@@ -256,12 +271,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from sparsesearch.export import CONFIG_ATTR, trial_recipe, save_state_dict
     from sparsesearch.progress import Progress, format_duration
-    from sparsesearch.search import mask_url, search
+    from sparsesearch.search import search
+    from sparsesearch.storage import mask_url
 
     cfg = _load_config(args)
+    _remember_secrets(cfg.storage)
     handler = _setup_logging(args.quiet)
+    from sparsesearch.storage import run_folder
+
     runs_dir = Path(args.runs_dir)
-    run_dir = runs_dir / cfg.name
+    run_dir = run_folder(runs_dir, cfg.name)
     run_dir.mkdir(parents=True, exist_ok=True)
     kwargs = cfg.search_kwargs(runs_dir)
     workers = getattr(args, "workers", 1)
@@ -346,7 +365,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     _setup_logging(True)
     _cfg, storage, name = _target(args)
     study = open_study(storage, name)
-    out = Path(args.out) if args.out else Path(args.runs_dir) / study.study_name
+    from sparsesearch.storage import run_folder
+
+    run_dir = run_folder(args.runs_dir, study.study_name)  # the name comes from the storage
+    out = Path(args.out) if args.out else run_dir
     report = write_report(study, out, storage=storage, runs_dir=args.runs_dir, config=_cfg)
     print(f"wrote {report} and {out / 'plots'}/*.png")
     return 0
@@ -388,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sparsesearch`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors: argparse prints and exits 2
+    _remember_secrets(getattr(args, "storage", None))
     from sparsesearch.errors import SparsesearchError
 
     user_errors: tuple[type[BaseException], ...] = (SparsesearchError, ValueError, OSError)

@@ -238,8 +238,15 @@ class StudyConfig:
         return kw
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable (stored as the study user attribute ``sparsesearch_config``)."""
+        """JSON-serialisable (stored as the study user attribute ``sparsesearch_config``).
+
+        Never holds credentials: the storage URL's password is masked (``user:***@host``),
+        since anyone who can open the study reads its attributes."""
+        from sparsesearch.storage import mask_url
+
         d = dataclasses.asdict(self)
+        if d.get("storage"):
+            d["storage"] = mask_url(d["storage"])
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
     @classmethod
@@ -476,8 +483,12 @@ def validate(cfg: StudyConfig, *, where: str = "") -> None:
         DenseSettings(**cfg.dense)
     except (TypeError, ValueError) as exc:  # pragma: no cover - keys are schema-checked
         raise ConfigError(f"{where}[dense]: {exc}") from None
-    if not cfg.name or "/" in cfg.name or cfg.name in (".", ".."):
-        raise ConfigError(f"{where}study.name must be a plain name (no '/'), got {cfg.name!r}")
+    from sparsesearch.storage import check_study_name
+
+    try:
+        check_study_name(cfg.name, what="study.name")
+    except SparsesearchError as exc:
+        raise ConfigError(f"{where}{exc}") from None
     if cfg.n_trials is None and cfg.timeout is None and cfg.max_complete is None:
         raise ConfigError(f"{where}give study.n_trials, study.timeout or study.max_complete")
 

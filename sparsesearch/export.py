@@ -360,9 +360,11 @@ def export_trial(
     """
     from sparsesearch.budget import count_params
 
+    from sparsesearch.storage import run_folder
+
+    run_dir = run_folder(runs_dir, study.study_name)  # the name may come from an untrusted storage
     t = pick_trial(study, trial)
     stored = float(t.values[0])
-    run_dir = Path(runs_dir) / study.study_name
     state = _from_best_file(study, t, run_dir)
     if state is not None:
         recipe = trial_recipe(study, t)

@@ -61,7 +61,7 @@ def open_study(storage: str, study_name: str | None) -> optuna.Study:
     """Load a stored study (SQLAlchemy URL or ``journal:PATH``); user errors (no such file, no
     such study, unreachable database) as one-line :class:`SparsesearchError` s. Never creates
     a database."""
-    from sparsesearch.search import mask_url
+    from sparsesearch.storage import mask_url
 
     shown = mask_url(storage)
     path = _storage_file(storage)
@@ -332,8 +332,10 @@ def _latency_section(study: optuna.Study, best: FrozenTrial, runs_dir: Any, conf
         compacted, config_from_study, dense_for, example_batch, rebuild_trial,
     )
 
-    run_dir = Path(runs_dir) / study.study_name
     try:
+        from sparsesearch.storage import run_folder
+
+        run_dir = run_folder(runs_dir, study.study_name)
         if config is None:
             config = config_from_study(study)
         if config.checkpoint is None and not any(run_dir.glob("dense-*.pt")):
@@ -400,7 +402,7 @@ def write_report(
     model can be loaded from the dense cache in ``runs_dir/<study>/`` (``config``: the study's
     :class:`~sparsesearch.config.StudyConfig`, default the stored one; ``best_model``: the
     best trial's pruned model, default rebuilt from its recipe)."""
-    from sparsesearch.search import mask_url
+    from sparsesearch.storage import mask_url
 
     out = Path(out_dir)
     plots = out / "plots"

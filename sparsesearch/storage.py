@@ -29,8 +29,11 @@ replace the defaults of ``heartbeat_interval`` / ``grace_period``;
 from __future__ import annotations
 
 import logging
+import json
 import os
 import random
+import re
+import shutil
 import threading
 import time
 import warnings
@@ -56,6 +59,10 @@ __all__ = [
     "is_connection_error",
     "is_storage_error",
     "make_storage",
+    "mask_url",
+    "run_folder",
+    "check_study_name",
+    "url_password",
     "resolve_storage_spec",
     "storage_label",
 ]
@@ -74,6 +81,7 @@ _RUN_ATTRS = frozenset({
     "strategy", "granularity", "sparsity", "params", "recipe", "val_accuracy", "pruned_at_epoch",
     "fail_reason", "traceback", "surplus",
 })
+FAIL_REASON_ATTR = "fail_reason"
 
 _DEFAULT: Any = object()  # "not given": the environment or the built-in default applies
 
@@ -82,10 +90,108 @@ _DEFAULT: Any = object()  # "not given": the environment or the built-in default
 # naming
 
 
-def _mask(url: str) -> str:
-    from sparsesearch.search import mask_url
+_PASSWORD_QUERY = re.compile(r"(?i)([?&](?:password|passwd|pwd|secret|token|sslpassword)=)[^&#]*")
 
+
+def _split_userinfo(url: str) -> tuple[str, str, str | None, str] | None:
+    """``(scheme, user, password or None, host-and-rest)`` of ``scheme://user[:password]@rest``,
+    None when ``url`` has no user part. The user part ends at the LAST ``@`` before the query,
+    so a password holding ``@`` (``p@ss``, as typed, not URL-encoded) is hidden whole."""
+    if "://" not in url:
+        return None
+    scheme, rest = url.split("://", 1)
+    end = len(rest)
+    for c in "?#":
+        i = rest.find(c)
+        if i != -1:
+            end = min(end, i)
+    at = rest.rfind("@", 0, end)
+    if at == -1:
+        return None
+    userinfo = rest[:at]
+    user, colon, password = userinfo.partition(":")
+    if "/" in user:  # a path holding '@' (sqlite:////tmp/a@b.db), not credentials
+        return None
+    return scheme, user, (password if colon else None), rest[at + 1:]
+
+
+def mask_url(url: str | os.PathLike) -> str:
+    """A storage URL safe to print or store: any password replaced by ``***``.
+
+    ``scheme://user:password@host/...`` becomes ``scheme://user:***@host/...``, with the user
+    part taken up to the last ``@`` (a password containing ``@`` is hidden whole), and
+    ``password=`` (``passwd``, ``pwd``, ``sslpassword``, ``secret``, ``token``) query values are
+    masked too. SQLAlchemy URLs or not; journal paths and ``sqlite:///FILE`` are unchanged.
+    """
+    s = os.fspath(url) if isinstance(url, os.PathLike) else str(url)
+    if s.startswith("journal:") or "://" not in s:
+        return s
+    parts = _split_userinfo(s)
+    if parts is not None and parts[2] is not None:
+        scheme, user, _password, rest = parts
+        s = f"{scheme}://{user}:***@{rest}"
+    return _PASSWORD_QUERY.sub(r"\1***", s)
+
+
+def url_password(url: str | os.PathLike | None) -> str | None:
+    """The password written in a storage URL (None without one): what must never be printed
+    or stored. Also in URL-decoded form via :func:`url_secrets`."""
+    if url is None or not isinstance(url, (str, os.PathLike)):
+        return None
+    parts = _split_userinfo(os.fspath(url))
+    return parts[2] if parts is not None and parts[2] else None
+
+
+def url_secrets(url: str | os.PathLike | None) -> list[str]:
+    """Every form of the secrets in ``url`` (the password as typed and URL-decoded, query
+    passwords), to scrub them from any text."""
+    from urllib.parse import unquote
+
+    if url is None or not isinstance(url, (str, os.PathLike)):
+        return []
+    s = os.fspath(url)
+    found = []
+    password = url_password(s)
+    if password:
+        found += [password, unquote(password)]
+    for m in re.finditer(r"(?i)[?&](?:password|passwd|pwd|secret|token|sslpassword)=([^&#]*)", s):
+        if m.group(1):
+            found += [m.group(1), unquote(m.group(1))]
+    return sorted({f for f in found if len(f) >= 1}, key=len, reverse=True)
+
+
+def _mask(url: str) -> str:
     return mask_url(url)
+
+
+def check_study_name(name: Any, *, what: str = "study name") -> str:
+    """``name`` if it is safe as one folder name under the runs folder, else one-line
+    :class:`SparsesearchError`. Every path built from a study name goes through this (names
+    come from study files, the command line and, untrusted, from storages)."""
+    if not isinstance(name, str) or not name:
+        raise SparsesearchError(f"{what} must be a non-empty string, got {name!r}")
+    bad = None
+    if "\x00" in name:
+        bad = "contains a NUL byte"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        bad = "contains a control character"
+    elif "/" in name or "\\" in name:
+        bad = "contains a path separator ('/' or '\\')"
+    elif name in (".", ".."):
+        bad = "is '.' or '..'"
+    elif os.path.isabs(name) or (len(name) >= 2 and name[1] == ":"):
+        bad = "is an absolute path"
+    if bad:
+        raise SparsesearchError(
+            f"{what} {name!r} {bad}: it cannot name a folder under the runs folder; "
+            "use a plain name (letters, digits, '-', '_', '.')"
+        )
+    return name
+
+
+def run_folder(runs_dir: str | os.PathLike, study_name: str) -> Path:
+    """``runs_dir/study_name``, after :func:`check_study_name` (never outside ``runs_dir``)."""
+    return Path(runs_dir) / check_study_name(study_name)
 
 
 def resolve_storage_spec(
@@ -99,7 +205,7 @@ def resolve_storage_spec(
     ``postgres://`` is accepted for ``postgresql://``.
     """
     if spec is None:
-        run_dir = Path(runs_dir) / study_name
+        run_dir = run_folder(runs_dir, study_name)
         journal, db = run_dir / "journal.log", run_dir / "study.db"
         if workers > 1 or (journal.is_file() and not db.is_file()):
             return f"journal:{journal}"
@@ -118,6 +224,14 @@ def resolve_storage_spec(
         raise SparsesearchError(
             f"storage {s!r} is neither a URL (sqlite:///FILE, postgresql://USER@HOST/DB, "
             "mysql://...) nor a journal file (journal:PATH, or a path ending in .log)"
+        )
+    parts = _split_userinfo(s)
+    if parts is not None and ("@" in parts[1] or "@" in (parts[2] or "")):
+        # SQLAlchemy would take what follows the first '@' as the host (and a driver error
+        # would then print the end of the password)
+        raise SparsesearchError(
+            f"the user or password of storage {mask_url(s)} contains '@': write it URL-encoded "
+            "as %40 (e.g. postgresql://user:p%40ss@host/db)"
         )
     if s.startswith("postgres://"):
         s = "postgresql://" + s[len("postgres://"):]
