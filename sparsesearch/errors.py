@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["SparsesearchError", "PluginError", "StrategyError", "BudgetError"]
+__all__ = ["SparsesearchError", "PluginError", "StrategyError", "BudgetError", "PluginFailedError"]
 
 
 class SparsesearchError(ValueError):
@@ -19,3 +19,31 @@ class StrategyError(SparsesearchError):
 
 class BudgetError(SparsesearchError):
     """A budget that cannot be met (the message gives the feasible minimum)."""
+
+
+class PluginFailedError(PluginError, StrategyError):
+    """A plugin's own code failed: a strategy's ``score()`` raised or returned invalid scores,
+    or a hook implementation raised. The message names the strategy (and layer) or hook, the
+    plugin and its distribution; ``__cause__`` is the plugin's exception, with its traceback.
+    It is both a :class:`PluginError` and a :class:`StrategyError`.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        strategy: str | None = None,
+        layer: str | None = None,
+        plugin: str | None = None,
+        distribution: str | None = None,
+        hook: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.strategy = strategy
+        self.layer = layer
+        self.plugin = plugin
+        self.distribution = distribution
+        self.hook = hook
+
+    def __reduce__(self):  # keep the fields across pickling (worker processes)
+        return (self.__class__, self.args, self.__dict__)

@@ -9,8 +9,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from sparsesearch.errors import SparsesearchError, StrategyError
-from sparsesearch.masks import make_permanent, validate_scores
+from sparsesearch.errors import PluginFailedError, SparsesearchError, StrategyError
+from sparsesearch.masks import make_permanent
 from sparsesearch.strategy import Layer, ScoreContext, Strategy
 
 __all__ = ["accumulate_gradients", "compute_scores", "DEFAULT_GRADIENT_BATCHES"]
@@ -151,8 +151,11 @@ def compute_scores(
 ) -> dict[str, torch.Tensor]:
     """``{layer name: scores}`` for every layer, validated (shape, finite) and on the CPU.
 
-    Raises :class:`StrategyError` naming the strategy and layer for bad scores, and when a
-    strategy that ``requires_data`` gets none. The model and its weights are not modified.
+    When ``strategy.score()`` raises or returns invalid scores (not a tensor, wrong shape,
+    NaN, inf), raises :class:`~sparsesearch.errors.PluginFailedError` (a
+    :class:`StrategyError`) naming the strategy, its distribution and the layer, with the
+    plugin's exception chained; a :class:`StrategyError` when a strategy that
+    ``requires_data`` gets none. The model and its weights are not modified.
     """
     name = strategy.name or type(strategy).__name__
     fields: dict[str, Any] = {}
@@ -169,8 +172,56 @@ def compute_scores(
     scores: dict[str, torch.Tensor] = {}
     for layer in layers:
         fresh = Layer(layer.name, layer.module, layer.module.weight.detach(), layer.is_output)
-        raw = strategy.score(fresh, context)
-        scores[layer.name] = validate_scores(
-            raw, strategy=name, layer=layer.name, expected=expected_shape(strategy, layer)
-        ).cpu()
+        try:
+            raw = strategy.score(fresh, context)
+        except Exception as exc:  # noqa: BLE001 - the plugin's bug: name it, keep its traceback
+            raise _failure(
+                strategy, layer.name, f"{type(exc).__name__}: {exc}"
+            ) from exc
+        scores[layer.name] = check_scores(raw, strategy, layer.name,
+                                          expected_shape(strategy, layer)).cpu()
     return scores
+
+
+def _failure(strategy: Strategy, layer: str, what: str) -> PluginFailedError:
+    """``strategy 'foo' (distribution foo-plugin 1.0) failed on layer 'fc1': <what>``."""
+    from sparsesearch import plugins
+
+    source = plugins.strategy_source(strategy)
+    return PluginFailedError(
+        f"{plugins.describe_strategy(strategy)} failed on layer {layer!r}: {what}",
+        strategy=strategy.name or type(strategy).__name__, layer=layer,
+        plugin=None if source is None else source.plugin,
+        distribution=None if source is None else source.distribution,
+    )
+
+
+def check_scores(
+    scores: Any, strategy: Strategy, layer: str, expected: tuple[int, ...]
+) -> torch.Tensor:
+    """``scores`` detached, or a :class:`PluginFailedError` naming strategy, distribution and
+    layer: not a tensor, the wrong shape, complex, NaN or infinite values."""
+    if not isinstance(scores, torch.Tensor):
+        raise _failure(
+            strategy, layer,
+            f"score() returned {type(scores).__name__}, expected a torch.Tensor of shape "
+            f"{expected}",
+        )
+    if tuple(scores.shape) != tuple(expected):
+        raise _failure(
+            strategy, layer,
+            f"score() returned scores of shape {tuple(scores.shape)}, expected {expected} "
+            f"(granularity={strategy.granularity!r})",
+        )
+    if scores.dtype.is_complex:
+        raise _failure(strategy, layer, f"score() returned {scores.dtype} scores, expected real numbers")
+    values = scores.detach()
+    finite = torch.isfinite(values.to(torch.float64))
+    if not bool(finite.all()):
+        nan = int(torch.isnan(values.to(torch.float64)).sum())
+        raise _failure(
+            strategy, layer,
+            f"score() returned non-finite scores ({nan} NaN, {int((~finite).sum()) - nan} "
+            f"infinite of {values.numel()})",
+        )
+    return values

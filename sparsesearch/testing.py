@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from sparsesearch.errors import PluginFailedError
 from sparsesearch.layers import find_layers
 from sparsesearch.masks import get_mask, num_to_prune
 from sparsesearch.plugins import StrategyInfo, get_strategy, list_strategies
@@ -464,6 +465,8 @@ def _check_engine(strategy: Strategy, key: str, model: nn.Module, batches: list,
             prune(model, strategy, amount, data=data, seed=seed,
                   num_batches=len(batches), batch_size=BATCH_SIZE)
         except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, PluginFailedError) and exc.__cause__ is not None:
+                exc = exc.__cause__  # the strategy's own exception, not the engine's wrapper
             again = (
                 " (the second time, on a model already pruned at 0.5: its layers are masked, "
                 "module.weight is then a parametrization, so read layer.weight, the effective "

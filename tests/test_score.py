@@ -4,6 +4,8 @@ of the model (which is left untouched), deterministically for a seed."""
 from __future__ import annotations
 
 import copy
+import sys
+import traceback
 
 import pytest
 import torch
@@ -11,9 +13,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import sparsesearch
-from sparsesearch.errors import SparsesearchError
+from sparsesearch.errors import PluginFailedError, SparsesearchError, StrategyError
 from sparsesearch.layers import find_layers
-from sparsesearch.masks import get_mask
+from sparsesearch.masks import get_mask, masked_modules
 from sparsesearch.score import accumulate_gradients, compute_scores
 
 
@@ -173,3 +175,147 @@ def test_non_finite_loss():
     x, y = _batches(1)[0]
     with pytest.raises(SparsesearchError, match="non-finite loss"):
         sparsesearch.prune(_mlp(), "gradient", 0.5, data=[(x * float("nan"), y)])
+
+
+# --------------------------------------------------------------------------- a plugin's own bug
+
+FOO_PLUGIN = '''
+import torch
+import sparsesearch
+
+
+class Foo(sparsesearch.Strategy):
+    name = "foo"
+    description = "a strategy with a bug (a test plugin)"
+
+    def score(self, layer, context):
+        if layer.name in context.params.get("foo.broken", ("fc1", "1")):
+            return {}["1"]  # the plugin's bug: KeyError: '1'
+        if context.params.get("foo.nan"):
+            return torch.full_like(layer.weight, float("nan"))
+        return layer.weight.abs()
+
+
+@sparsesearch.hookimpl
+def sparsesearch_register_strategies(register):
+    register(Foo())
+'''
+
+
+@pytest.fixture
+def foo_plugin(monkeypatch, tmp_path):
+    """``foo`` from distribution ``foo-plugin`` 1.0, installed as a real entry point."""
+    from sparsesearch import plugins
+
+    info = tmp_path / "foo_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: foo-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[sparsesearch]\nfoo = ssplug_foo\n")
+    (tmp_path / "ssplug_foo.py").write_text(FOO_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins.reset_plugins()
+    yield tmp_path / "ssplug_foo.py"
+    plugins.reset_plugins()
+    sys.modules.pop("ssplug_foo", None)
+
+
+class _FC(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(5, 8)
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+FOO_MESSAGE = "strategy 'foo' (distribution foo-plugin 1.0) failed on layer 'fc1': KeyError: '1'"
+
+
+def test_a_plugins_exception_is_a_strategy_error_naming_strategy_layer_and_distribution(foo_plugin):
+    torch.manual_seed(0)
+    model = _FC()
+    with pytest.raises(StrategyError) as err:
+        sparsesearch.prune(model, "foo", 0.5)
+    assert str(err.value) == FOO_MESSAGE
+    assert isinstance(err.value, PluginFailedError)
+    assert (err.value.strategy, err.value.layer) == ("foo", "fc1")
+    assert (err.value.plugin, err.value.distribution) == ("foo", "foo-plugin")
+    # the plugin's own exception is chained, with its traceback down to the plugin's line
+    cause = err.value.__cause__
+    assert isinstance(cause, KeyError) and cause.args == ("1",)
+    frames = traceback.extract_tb(cause.__traceback__)
+    assert frames[-1].filename == str(foo_plugin) and "{}[\"1\"]" in frames[-1].line
+    assert not masked_modules(model)  # nothing half-pruned
+
+
+def test_bad_scores_from_a_plugin_name_its_distribution(foo_plugin):
+    with pytest.raises(StrategyError) as err:
+        sparsesearch.prune(_FC(), "foo", 0.5, params={"foo.broken": (), "foo.nan": True})
+    assert str(err.value).startswith(
+        "strategy 'foo' (distribution foo-plugin 1.0) failed on layer 'fc1': score() returned "
+        "non-finite scores (40 NaN, 0 infinite of 40)"
+    )
+
+
+def test_a_plain_strategy_instance_is_named_by_its_class():
+    class Crashing(sparsesearch.Strategy):
+        name = "crashing"
+
+        def score(self, layer, context):
+            raise ZeroDivisionError("oops")
+
+    with pytest.raises(StrategyError) as err:
+        sparsesearch.prune(_FC(), Crashing(), 0.5)
+    message = str(err.value)
+    assert message.startswith("strategy 'crashing' (class ")
+    assert "Crashing in module " in message
+    assert message.endswith("failed on layer 'fc1': ZeroDivisionError: oops")
+    assert isinstance(err.value.__cause__, ZeroDivisionError)
+
+
+def test_a_failed_trial_names_strategy_layer_and_distribution(foo_plugin, tmp_path):
+    import optuna
+    from torch.utils.data import TensorDataset
+
+    gen = torch.Generator().manual_seed(0)
+
+    def split(n):
+        x = torch.randn(n, 5, generator=gen)
+        return TensorDataset(x, (x[:, 0] > 0).long())
+
+    finished = []
+    with pytest.raises(SparsesearchError, match="no COMPLETE trial"):
+        sparsesearch.search(
+            _FC(), (split(64), split(32), split(32)), budget=0.6, strategies=["foo"],
+            n_trials=1, runs_dir=tmp_path / "runs", heuristics=(), trained=True, pruner="none",
+            storage=optuna.storages.InMemoryStorage(), space={"epochs": 1, "batch_size": 32},
+            callbacks=[lambda study, trial: finished.append(trial)],
+        )
+    (trial,) = finished
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == f"PluginFailedError: {FOO_MESSAGE}"
+    stored = trial.user_attrs["traceback"]
+    assert str(foo_plugin) in stored and "KeyError: '1'" in stored
+
+
+def test_the_cli_reports_a_plugins_bug_as_the_plugins(foo_plugin, tmp_path, capsys):
+    from sparsesearch import cli
+
+    study = tmp_path / "foo.toml"
+    study.write_text(
+        '[study]\nname = "foo-bug"\nn_trials = 1\nseed = 0\n'
+        '[model]\nname = "digits-mlp"\n[data]\nname = "digits"\n[budget]\nfraction = 0.3\n'
+        '[search]\nstrategies = ["foo"]\nheuristics = ["global"]\n'
+        '[space]\nepochs = 1\nheuristic_lrs = [0.1]\n[dense]\nepochs = 1\n'
+    )
+    # digits-mlp's first layer is "1": scored outside any trial (for the global seed), it fails
+    code = cli.main(["run", str(study), "--runs-dir", str(tmp_path / "runs"), "--quiet",
+                     "--no-report"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "internal error" not in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "sparsesearch: error: strategy 'foo' (distribution foo-plugin 1.0) failed on layer '1': "
+        "KeyError: '1'"
+    )
