@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--runs-dir", metavar="DIR", default="runs",
                        help="folder of the run outputs, relative to the current directory (default: runs)")
 
+    def trust_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--trust-study", action="store_true",
+                       help="with --storage alone: use the configuration stored in the study even "
+                            "when its model or dataset is a 'module:function' (that code is "
+                            "imported and run; only for studies you trust). Giving the study "
+                            "file counts as trust")
+
     p = sub.add_parser(
         "run", help="run or resume a study",
         description="Run a study, or resume it when the storage already holds one of that name "
@@ -93,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "write report.md and plots/*.png. Nothing is re-evaluated.",
     )
     target_args(p)
+    trust_arg(p)
     p.add_argument("--out", metavar="DIR", help="output folder (default: RUNS/NAME)")
     p.set_defaults(func=cmd_report)
 
@@ -103,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "again) unless RUNS/NAME/best.pt already holds it.",
     )
     target_args(p)
+    trust_arg(p)
     p.add_argument("--trial", type=int, metavar="N", help="trial number (default: the best)")
     p.add_argument("--out", metavar="PATH", required=True,
                    help="model file (.safetensors, .pt, .pth; the recipe goes to "
@@ -369,7 +378,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     run_dir = run_folder(args.runs_dir, study.study_name)  # the name comes from the storage
     out = Path(args.out) if args.out else run_dir
-    report = write_report(study, out, storage=storage, runs_dir=args.runs_dir, config=_cfg)
+    report = write_report(study, out, storage=storage, runs_dir=args.runs_dir, config=_cfg,
+                          trust=args.trust_study or _cfg is not None)
     print(f"wrote {report} and {out / 'plots'}/*.png")
     return 0
 
@@ -386,7 +396,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         resolve_device(args.device)
     result = export_trial(study, args.out, trial=args.trial, config=cfg,
-                          runs_dir=args.runs_dir, device=args.device)
+                          runs_dir=args.runs_dir, device=args.device,
+                          trust=args.trust_study or cfg is not None)
     how = "from best.pt" if result.source == "best.pt" else "rebuilt from the dense model"
     print(f"trial #{result.trial} ({how}): {result.params:,} params, stored val accuracy "
           f"{result.stored_val_accuracy:.4f}"

@@ -154,14 +154,64 @@ class ExportResult:
         )
 
 
-def config_from_study(study: optuna.Study):
+TRUST_HINT = ("pass --trust-study (Python: trust=True) if you trust whoever wrote this study, "
+              "or give its study file")
+
+
+def check_trusted(config: Any, study_name: str) -> None:
+    """Refuse (one line) a configuration read from a storage whose model or dataset is not a
+    name of the installed sparsesearch (built-in, zoo, registered plugin, torchvision model):
+    a ``module:function`` there would be imported and called, i.e. code chosen by whoever can
+    write the storage."""
+    from sparsesearch.data import list_datasets
+    from sparsesearch.models import list_models
+
+    problems = []
+    model, data = getattr(config, "model", None), getattr(config, "data", None)
+    if not isinstance(model, str) or ":" in model or not (
+        model in list_models() or (_torchvision_names_safe() and model in _torchvision_names_safe())
+    ):
+        problems.append(f"model {model!r}")
+    if not isinstance(data, str) or ":" in data or data not in list_datasets():
+        problems.append(f"dataset {data!r}")
+    if problems:
+        raise SparsesearchError(
+            f"study {study_name!r}: the configuration stored in the storage names "
+            f"{' and '.join(problems)}, not an installed built-in or plugin name; it would be "
+            f"imported and run, so it is not without trust: {TRUST_HINT}"
+        )
+
+
+def _torchvision_names_safe() -> list[str]:
+    try:
+        import torchvision.models as tvm
+
+        return list(tvm.list_models(module=tvm))
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def config_from_study(study: optuna.Study, *, trust: bool = False):
     """The :class:`~sparsesearch.config.StudyConfig` a study was run with: the one
-    ``sparsesearch run`` stored, else rebuilt from the search settings (named model and data)."""
+    ``sparsesearch run`` stored, else rebuilt from the search settings (named model and data).
+
+    A storage is not a study file: without ``trust``, a stored model or dataset that is not an
+    installed name (a ``module:function``, which would be imported and called) is refused
+    (:func:`check_trusted`)."""
     from sparsesearch.config import StudyConfig
 
     attrs = study.user_attrs
     if isinstance(attrs.get(CONFIG_ATTR), Mapping):
-        return StudyConfig.from_dict(attrs[CONFIG_ATTR])
+        try:
+            config = StudyConfig.from_dict(attrs[CONFIG_ATTR])
+        except (TypeError, ValueError) as exc:
+            raise SparsesearchError(
+                f"study {study.study_name!r}: unreadable stored configuration "
+                f"{CONFIG_ATTR!r}: {' '.join(str(exc).split())[:200]}"
+            ) from None
+        if not trust:
+            check_trusted(config, study.study_name)
+        return config
     settings = attrs.get("settings")
     if not isinstance(settings, Mapping):
         raise SparsesearchError(
@@ -178,6 +228,11 @@ def config_from_study(study: optuna.Study):
             f"study {study.study_name!r} was searched on a model object ({settings.get('model')}), "
             "not a model name: give the study file, or export from Python with apply_recipe"
         )
+    if not trust:
+        from types import SimpleNamespace
+
+        check_trusted(SimpleNamespace(model=settings.get("model"), data=settings.get("data")),
+                      study.study_name)
     return StudyConfig(
         name=study.study_name,
         model=settings["model"],
@@ -350,13 +405,15 @@ def export_trial(
     runs_dir: str | os.PathLike = "runs",
     device: str | None = None,
     programs: bool = True,
+    trust: bool = False,
 ) -> ExportResult:
     """Write trial ``trial`` (default: the best) of ``study`` as a model file and recipe JSON.
 
     ``config`` is the study's :class:`~sparsesearch.config.StudyConfig` (default: the one
     stored in the study). The model is rebuilt unless ``runs_dir/<study>/best.pt`` holds it.
     With ``programs`` the model is also written as a torch.export program (compacted for
-    structured trials, plus ONNX where possible): see :func:`write_programs`.
+    structured trials, plus ONNX where possible): see :func:`write_programs`. ``trust``: use
+    a stored configuration naming ``module:function`` code (see :func:`config_from_study`).
     """
     from sparsesearch.budget import count_params
 
@@ -374,12 +431,12 @@ def export_trial(
         if not programs:
             return result
         if config is None:
-            config = config_from_study(study)
+            config = config_from_study(study, trust=trust)
         model, splits = dense_for(study, config, runs_dir=runs_dir)
         model.load_state_dict(state)  # best.pt holds the masks made permanent: the dense keys
         return _with_programs(result, t, model, splits)
     if config is None:
-        config = config_from_study(study)
+        config = config_from_study(study, trust=trust)
     model, val, splits = rebuild_trial(study, t, config, runs_dir=runs_dir, device=device, return_splits=True)
     params = count_params(model).remaining
     recipe = trial_recipe(study, t, rebuilt_val_accuracy=val)

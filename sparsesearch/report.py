@@ -325,7 +325,7 @@ def median_latency(model: Any, example: Any, *, runs: int = 20, warmup: int = 3)
 
 
 def _latency_section(study: optuna.Study, best: FrozenTrial, runs_dir: Any, config: Any,
-                     best_model: Any) -> list[str]:
+                     best_model: Any, trust: bool = False) -> list[str]:
     import torch
 
     from sparsesearch.export import (
@@ -337,7 +337,13 @@ def _latency_section(study: optuna.Study, best: FrozenTrial, runs_dir: Any, conf
 
         run_dir = run_folder(runs_dir, study.study_name)
         if config is None:
-            config = config_from_study(study)
+            try:
+                config = config_from_study(study, trust=trust)
+            except SparsesearchError as exc:
+                import logging
+
+                logging.getLogger("sparsesearch").warning("latency not measured: %s", exc)
+                return [f"Latency not measured: {exc}"]
         if config.checkpoint is None and not any(run_dir.glob("dense-*.pt")):
             return [f"Latency not measured: no dense-model cache in {run_dir} to rebuild the models from."]
         dense, splits = dense_for(study, config, runs_dir=runs_dir)
@@ -393,6 +399,7 @@ def write_report(
     runs_dir: str | os.PathLike = "runs",
     config: Any = None,
     best_model: Any = None,
+    trust: bool = False,
 ) -> Path:
     """Write ``out_dir/report.md`` and ``out_dir/plots/*.png`` for ``study``; return the
     report's path. ``storage`` is shown (password masked) so readers can open the study.
@@ -401,7 +408,9 @@ def write_report(
     the CPU latency of the dense and the compacted best model is measured, when the dense
     model can be loaded from the dense cache in ``runs_dir/<study>/`` (``config``: the study's
     :class:`~sparsesearch.config.StudyConfig`, default the stored one; ``best_model``: the
-    best trial's pruned model, default rebuilt from its recipe)."""
+    best trial's pruned model, default rebuilt from its recipe). ``trust``: a stored
+    configuration naming ``module:function`` code may be used (imported and called) for
+    that; without it such a configuration is refused and the latency not measured."""
     from sparsesearch.storage import mask_url
 
     out = Path(out_dir)
@@ -542,7 +551,7 @@ def write_report(
     if latency and best is not None and best.user_attrs.get("granularity") == "channel":
         add("## CPU latency (dense vs compacted best)")
         add("")
-        lines.extend(_latency_section(study, best, runs_dir, config, best_model))
+        lines.extend(_latency_section(study, best, runs_dir, config, best_model, trust))
         add("")
 
     failed = [t for t in trials if t.state == TrialState.FAIL]

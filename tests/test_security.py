@@ -194,3 +194,81 @@ def test_report_refuses_a_stored_name_that_leaves_the_runs_folder(tmp_path, caps
         assert err.count("\n") == 1 and "runs folder" in err
     assert {p for p in tmp_path.rglob("*")} == before  # nothing written anywhere
     assert not Path("/tmp/sparsesearch-escaped-abs").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. a stored configuration is not trusted
+
+
+EVIL = """\
+from pathlib import Path
+Path({marker!r}).write_text("imported")
+
+def make(**kwargs):
+    Path({marker!r}).write_text("called")
+    raise SystemExit("the planted function ran")
+"""
+
+
+@pytest.fixture
+def evil_module(tmp_path, monkeypatch):
+    """A module whose import (or call) creates a file, like ``os:system`` would run a command."""
+    marker = tmp_path / "PWNED"
+    pkg = tmp_path / "site"
+    pkg.mkdir()
+    (pkg / "evilmod_ss.py").write_text(EVIL.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(pkg))
+    return marker
+
+
+@pytest.mark.parametrize("where", ["model", "data"])
+def test_stored_module_function_is_not_run_without_trust(tmp_path, capsys, evil_module, monkeypatch, where):
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'their.db'}"
+    config = load_study_config(tiny_study(tmp_path, "theirs")).to_dict()
+    config[where] = "evilmod_ss:make"
+    _plant_study(storage, "theirs", config)
+    rc, out, err = cli(capsys, "export", "--storage", storage, "--runs-dir", "runs", "--out", "m.pt")
+    assert rc == 2 and not evil_module.exists()
+    assert err.count("\n") == 1 and "--trust-study" in err and "evilmod_ss:make" in err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_os_system_in_stored_settings_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'their.db'}"
+    _plant_study(storage, "theirs")
+    study = optuna.load_study(study_name="theirs", storage=storage)
+    study.set_user_attr("settings", {"model": "os:system", "data": "digits", "seed": 0})
+    rc, out, err = cli(capsys, "export", "--storage", storage, "--runs-dir", "runs", "--out", "m.pt")
+    assert rc == 2 and "'os:system'" in err and "--trust-study" in err
+
+
+def test_report_of_an_untrusted_structured_study_runs_nothing(tmp_path, capsys, evil_module, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'their.db'}"
+    config = load_study_config(tiny_study(tmp_path, "theirs")).to_dict()
+    config["model"] = "evilmod_ss:make"
+    _plant_study(storage, "theirs", config)
+    study = optuna.load_study(study_name="theirs", storage=storage)
+    study.add_trial(optuna.trial.create_trial(  # the best: structured, so latency is measured
+        value=0.9, user_attrs={"recipe": {"strategy": "l1-filter", "sparsity": {}}, "params": 800,
+                               "granularity": "channel"}))
+    (tmp_path / "runs" / "theirs").mkdir(parents=True)
+    (tmp_path / "runs" / "theirs" / "dense-0.pt").write_bytes(b"")
+    rc, out, err = cli(capsys, "report", "--storage", storage, "--runs-dir", "runs")
+    assert rc == 0, err
+    assert not evil_module.exists()
+    report = (tmp_path / "runs" / "theirs" / "report.md").read_text()
+    assert "Latency not measured" in report and "--trust-study" in report
+
+
+def test_trust_study_allows_the_stored_function(tmp_path, capsys, evil_module, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'mine.db'}"
+    config = load_study_config(tiny_study(tmp_path, "mine")).to_dict()
+    config["model"] = "evilmod_ss:make"
+    _plant_study(storage, "mine", config)
+    with pytest.raises(SystemExit, match="the planted function ran"):
+        main(["export", "--storage", storage, "--runs-dir", "runs", "--out", "m.pt", "--trust-study"])
+    assert evil_module.read_text() == "called"
