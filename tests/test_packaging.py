@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import os
 import shutil
 import subprocess
 import sys
@@ -72,7 +73,7 @@ def test_installed_metadata():
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
     """A wheel built from a copy of the source tree (the working tree is left alone)."""
     src = tmp_path_factory.mktemp("src")
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
     for name in ("sparsesearch", "plugins"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -86,7 +87,9 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
         pytest.skip(f"cannot build without network: {result.stderr.strip().splitlines()[-1]}")
     assert result.returncode == 0, result.stderr[-2000:]
     name = result.stdout.strip().splitlines()[-1]
-    return zipfile.ZipFile(out / name)
+    wheel = zipfile.ZipFile(out / name)
+    wheel.build_output = result.stdout + result.stderr  # type: ignore[attr-defined]
+    return wheel
 
 
 def test_wheel_ships_only_the_two_packages(wheel):
@@ -134,3 +137,94 @@ def test_builtin_plugins_use_only_the_public_api():
                 and node.value.id == "sparsesearch"
             ):
                 assert node.attr in public, f"{path.name}: sparsesearch.{node.attr} is not public"
+
+
+DIST_INFO = "sparsesearch-0.1.0.dist-info"
+
+
+def _metadata(wheel: zipfile.ZipFile) -> list[tuple[str, str]]:
+    text = wheel.read(f"{DIST_INFO}/METADATA").decode()
+    head = text.split("\n\n", 1)[0]  # the headers; the README follows
+    return [tuple(part.strip() for part in line.split(":", 1)) for line in head.splitlines()
+            if ":" in line and not line.startswith(" ")]
+
+
+def test_wheel_ships_py_typed_and_the_license(wheel):
+    names = wheel.namelist()
+    assert "sparsesearch/py.typed" in names
+    assert f"{DIST_INFO}/licenses/LICENSE" in names
+    assert "Apache License, Version 2.0" in wheel.read(f"{DIST_INFO}/licenses/LICENSE").decode()
+    assert (ROOT / "sparsesearch" / "py.typed").is_file()
+
+
+def test_wheel_metadata(wheel):
+    headers = _metadata(wheel)
+    values = lambda key: [v for k, v in headers if k == key]  # noqa: E731
+    assert values("License-Expression") == ["Apache-2.0"]
+    assert values("License-File") == ["LICENSE"]
+    assert not any(v.startswith("License ::") for v in values("Classifier"))
+    assert "Typing :: Typed" in values("Classifier")
+    assert {v.split(",")[0] for v in values("Project-URL")} >= {"Homepage", "Source"}
+    requires = values("Requires-Dist")
+    assert "optuna<6,>=5" in requires
+    extras = set(values("Provides-Extra"))
+    assert {"onnx", "safetensors", "progress", "postgres", "dev"} <= extras
+    core = [r for r in requires if "extra ==" not in r]
+    for optional in ("onnx", "onnxruntime", "safetensors", "tqdm"):
+        assert not [r for r in core if r.split(";")[0].strip().startswith(optional)], optional
+        assert any(r.startswith(optional) and "extra ==" in r for r in requires), optional
+
+
+def test_building_gives_no_deprecation_warning(wheel):
+    assert "Deprecat" not in wheel.build_output, wheel.build_output[-3000:]
+
+
+def _dependency_farm(target: Path) -> Path:
+    """The project venv's installed packages, minus sparsesearch itself (symlinks), so a fresh
+    venv gets torch, optuna, ... without the editable checkout on its path."""
+    site = Path(next(p for p in sys.path if p.endswith("site-packages")
+                     and Path(p).is_relative_to(sys.prefix)))
+    target.mkdir()
+    for entry in site.iterdir():
+        if entry.name.startswith(("sparsesearch", "__editable__", "_sparsesearch")) or \
+                entry.suffix == ".pth":
+            continue
+        (target / entry.name).symlink_to(entry)
+    return target
+
+
+def test_the_wheel_installs_and_runs_outside_the_source_tree(wheel, tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
+                    str(venv)], check=True, timeout=60)
+    python = venv / "bin" / "python"
+    site = Path(subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip())
+    (site / "project-deps.pth").write_text(str(_dependency_farm(tmp_path / "deps")) + "\n")
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
+         "--no-index", "--disable-pip-version-check", wheel.filename],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    where = subprocess.run(
+        [str(python), "-c", "import sparsesearch, sparsesearch_builtin, pathlib; "
+         "print(sparsesearch.__file__); print(sparsesearch_builtin.__file__); "
+         "print((pathlib.Path(sparsesearch.__file__).parent / 'py.typed').is_file())"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert where.returncode == 0, where.stderr
+    main, builtin, typed = where.stdout.split()
+    assert Path(main).is_relative_to(site) and Path(builtin).is_relative_to(site)
+    assert typed == "True"
+    listed = subprocess.run([str(venv / "bin" / "sparsesearch"), "strategies"], cwd=elsewhere,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    for name in BUILTIN_ENTRY_POINTS:
+        assert name in listed.stdout, listed.stdout
+    assert "Warning" not in listed.stderr, listed.stderr
