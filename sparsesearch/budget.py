@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -23,6 +23,8 @@ __all__ = [
     "LayerBudget",
     "ParamCount",
     "BudgetPlan",
+    "ChannelBudgetPlan",
+    "GroupBudget",
     "count_params",
     "plan_budget",
 ]
@@ -252,6 +254,266 @@ class BudgetPlan:
         raise SparsesearchError(f"unknown heuristic {name!r}; known: {', '.join(HEURISTICS)}")
 
 
+@dataclasses.dataclass(frozen=True)
+class GroupBudget:
+    """One dependency group of a channel plan: ``size`` group channels, kept together."""
+
+    index: int
+    layers: tuple[str, ...]
+    size: int
+    min_keep: int
+    max_keep: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelBudgetPlan(BudgetPlan):
+    """A channel (structured) plan priced on the compacted model, exactly.
+
+    The unit is a dependency group channel (:class:`sparsesearch.compact.ChannelGroup`): the
+    output channels tied by residual additions, multiplications, depthwise convolutions or
+    shared layers, removed together. Its cost is what compaction removes with it: the rows,
+    biases and BatchNorm channels of every producer, plus every consumer's input slice
+    (flatten → Linear fan-out included), with the consumer's own kept output channels; in
+    MACs per sample for ``metric="macs"``. :meth:`params_for` is the compacted model's count
+    (``compact(...).params_after``, or ``count_macs`` of it), not a bound.
+
+    Every allocation gives all members of a group the same fraction (a layer keeps its fixed
+    channels plus ``k`` × its multiplicity); ``layers[i].unit_params`` is the cost of one group
+    channel at the dense model (the exact marginal cost depends on the neighbours' keep).
+    """
+
+    graph: Any = None
+    groups: tuple[GroupBudget, ...] = ()
+    group_score: str = "sum"
+
+    # -- group <-> layer -----------------------------------------------------------------------
+
+    def _cost(self):
+        return self.graph.costs[self.metric]
+
+    def _layer_keep(self, k: torch.Tensor) -> dict[str, int]:
+        keep = {}
+        for lb in self.layers:
+            gi = self.graph.group_of.get(lb.name)
+            keep[lb.name] = lb.units if gi is None else self.graph.keep_units(lb.name, {gi: int(k[gi])})
+        return keep
+
+    def group_keep(self, keep: Mapping[str, int]) -> dict[int, int]:
+        """Group channels kept per group index, from units kept per layer (members must agree)."""
+        out: dict[int, int] = {}
+        for g in self.groups:
+            vals = {}
+            for name in g.layers:
+                mult = self.graph.groups[g.index].multiplicity(name)
+                kept = int(keep[name]) - self.graph.fixed[name]
+                if kept % mult:
+                    raise SparsesearchError(
+                        f"layer {name!r} keeps {keep[name]} channels; its group keeps channels "
+                        f"in multiples of {mult} (plus {self.graph.fixed[name]} fixed)"
+                    )
+                vals[name] = kept // mult
+            if len(set(vals.values())) > 1:
+                shown = ", ".join(f"{n}={v}" for n, v in list(vals.items())[:4])
+                raise SparsesearchError(
+                    f"layers tied by a dependency group must keep the same channels ({shown})"
+                )
+            out[g.index] = next(iter(vals.values()))
+        return out
+
+    def _vec(self, gk: Mapping[int, int]) -> torch.Tensor:
+        return torch.tensor([int(gk[g.index]) for g in self.groups], dtype=torch.long)
+
+    @property
+    def min_feasible(self) -> int:
+        return self._cost().cost(torch.tensor([g.min_keep for g in self.groups], dtype=torch.long))
+
+    def params_for(self, keep: Mapping[str, int]) -> int:
+        """The exact count (parameters, or MACs per sample) of the compacted model."""
+        return self._cost().cost(self._vec(self.group_keep(keep)))
+
+    # -- allocations ---------------------------------------------------------------------------
+
+    def _fill(self, k: torch.Tensor, priority) -> torch.Tensor:
+        """Add group channels, best ``priority`` first, while the exact cost fits."""
+        cost = self._cost()
+        hi = torch.tensor([g.max_keep for g in self.groups], dtype=torch.long)
+        left = self.budget_params - cost.cost(k)
+        out, inn = cost.state(k)
+        while True:
+            d = cost.deltas(out, inn)
+            ok = (k < hi) & (d <= left)
+            if not bool(ok.any()):
+                return k
+            cand = [i for i in range(len(self.groups)) if bool(ok[i])]
+            i = min(cand, key=lambda j: (priority(j, int(k[j])), j))
+            k[i] += 1
+            left -= int(d[i])
+            out = out + cost.A[:, i]
+            inn = inn + cost.B[:, i]
+
+    def project(self, densities: Mapping[str, float]) -> dict[str, int]:
+        """Scale relative densities onto the budget; a group's density is the mean of its
+        members'. Bisection on the exact count, then one group channel at a time to the group
+        furthest below its target until no group fits: the budget is spent to within the
+        cheapest group channel."""
+        for lb in self.layers:
+            d = densities.get(lb.name)
+            if d is None or not math.isfinite(d) or d < 0:
+                raise SparsesearchError(f"density for layer {lb.name!r} must be >= 0, got {d!r}")
+        dens = torch.tensor(
+            [sum(densities[n] for n in g.layers) / len(g.layers) for g in self.groups], dtype=torch.float64
+        )
+        return self._project_groups(dens)
+
+    def _project_groups(self, dens: torch.Tensor) -> dict[str, int]:
+        cost = self._cost()
+        size = torch.tensor([g.size for g in self.groups], dtype=torch.float64)
+        lo_k = torch.tensor([g.min_keep for g in self.groups], dtype=torch.long)
+        hi_k = torch.tensor([g.max_keep for g in self.groups], dtype=torch.long)
+
+        def keep_at(s: float) -> torch.Tensor:
+            return torch.minimum(torch.maximum(torch.floor(s * dens * size).long(), lo_k), hi_k)
+
+        lo, hi = 0.0, 1.0
+        while cost.cost(keep_at(hi)) <= self.budget_params and hi < 1e12:
+            lo, hi = hi, hi * 2
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if cost.cost(keep_at(mid)) <= self.budget_params:
+                lo = mid
+            else:
+                hi = mid
+        k = keep_at(lo).clone()
+        target = lo * dens * size
+        k = self._fill(k, lambda j, kj: (kj + 1 - float(target[j])) / max(float(size[j]), 1.0))
+        return self._layer_keep(k)
+
+    def uniform(self) -> dict[str, int]:
+        """The same fraction of every dependency group (as far as limits and the budget allow)."""
+        return self._project_groups(torch.ones(len(self.groups), dtype=torch.float64))
+
+    def erk(self) -> dict[str, int]:
+        """ERK densities (∝ Σ dims / Π dims of the weight), averaged over a group's members."""
+        shape = {lb.name: lb.shape for lb in self.layers}
+        dens = torch.tensor(
+            [sum(sum(shape[n]) / math.prod(shape[n]) for n in g.layers) / len(g.layers) for g in self.groups],
+            dtype=torch.float64,
+        )
+        return self._project_groups(dens)
+
+    def group_scores(self, scores: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        """One score per group channel (``sparsesearch.compact.group_scores``)."""
+        from sparsesearch.compact import group_scores
+
+        for lb in self.layers:
+            s = scores.get(lb.name)
+            if s is None or s.numel() != lb.units:
+                raise SparsesearchError(
+                    f"scores for layer {lb.name!r} have {None if s is None else s.numel()} entries, "
+                    f"expected {lb.units}"
+                )
+        return [group_scores(self.graph.groups[g.index], scores, self.group_score) for g in self.groups]
+
+    def _global(self, gscores: list[torch.Tensor]) -> dict[str, int]:
+        cost = self._cost()
+        k = torch.tensor([g.min_keep for g in self.groups], dtype=torch.long)
+        pool_s, pool_g = [], []
+        for i, (g, s) in enumerate(zip(self.groups, gscores)):
+            ranked = torch.sort(s, descending=True, stable=True).values
+            extra = ranked[g.min_keep:g.max_keep]
+            pool_s.append(extra)
+            pool_g.append(torch.full((extra.numel(),), i, dtype=torch.long))
+        if not pool_s:
+            return self._layer_keep(k)
+        s = torch.cat(pool_s)
+        gi = torch.cat(pool_g)
+        order = torch.argsort(-s, stable=True)
+        left = self.budget_params - cost.cost(k)
+        out, inn = cost.state(k)
+        full = torch.zeros(len(self.groups), dtype=torch.bool)
+        for j in gi[order].tolist():
+            if full[j]:
+                continue
+            d = int(((cost.quad * (cost.A[:, j] * inn + cost.B[:, j] * out + cost.A[:, j] * cost.B[:, j])).sum())
+                    + (cost.lin * cost.A[:, j]).sum())
+            if d <= left:
+                k[j] += 1
+                left -= d
+                out = out + cost.A[:, j]
+                inn = inn + cost.B[:, j]
+            else:  # costs only grow: this group can take no more
+                full[j] = True
+        return self._layer_keep(k)
+
+    def global_threshold(self, scores: Mapping[str, torch.Tensor]) -> dict[str, int]:
+        """Group channels in descending group score, each taken while its exact cost fits."""
+        return self._global(self.group_scores(scores))
+
+    def lamp(self, scores: Mapping[str, torch.Tensor]) -> dict[str, int]:
+        """LAMP on the group scores of each group, then :meth:`global_threshold`'s fill."""
+        return self._global([lamp_scores(s) for s in self.group_scores(scores)])
+
+
+def _channel_plan(
+    model: nn.Module,
+    layers: Sequence[Layer],
+    budget_units: int,
+    total: int,
+    metric: str,
+    example_input: Any,
+    lo_hi: Mapping[str, tuple[float, float]],
+    group_score: str,
+) -> ChannelBudgetPlan:
+    from sparsesearch.compact import dependency_graph
+
+    graph = dependency_graph(model, layers, example_input)
+    cost = graph.costs[metric]
+    full = torch.tensor([g.size for g in graph.groups], dtype=torch.long)
+    total_exact = cost.cost(full)
+    groups = []
+    for g in graph.groups:
+        mn, mx = 1, g.size
+        for name in g.layers:
+            units = graph.units[name]
+            lo, hi = lo_hi[name]
+            max_keep = units - int(round(lo * units))
+            min_keep = max(1, units - min(int(round(hi * units)), units - 1))
+            fixed, mult = graph.fixed[name], g.multiplicity(name)
+            mx = min(mx, (max_keep - fixed) // mult)
+            mn = max(mn, -(-(min_keep - fixed) // mult))
+        mx = max(mx, 1)
+        mn = min(mn, mx)
+        groups.append(GroupBudget(g.index, g.layers, g.size, mn, mx))
+    lbs = []
+    for layer in layers:
+        name = layer.name
+        w = layer.module.weight
+        units = int(w.shape[0])
+        gi = graph.group_of.get(name)
+        if gi is None:
+            lbs.append(LayerBudget(name, units, 0, units, units, tuple(w.shape)))
+            continue
+        gb = groups[gi]
+        mult, fixed = graph.groups[gi].multiplicity(name), graph.fixed[name]
+        one_less = full.clone()
+        one_less[gi] -= 1
+        unit_cost = total_exact - cost.cost(one_less)
+        lbs.append(LayerBudget(
+            name, units, int(unit_cost), fixed + mult * gb.min_keep, fixed + mult * gb.max_keep, tuple(w.shape),
+        ))
+    return ChannelBudgetPlan(
+        budget_params=budget_units,
+        total_params=total,
+        fixed_params=cost.cost(torch.zeros(len(groups), dtype=torch.long)),
+        layers=tuple(lbs),
+        granularity="channel",
+        metric=metric,
+        graph=graph,
+        groups=tuple(groups),
+        group_score=group_score,
+    )
+
+
 def lamp_scores(scores: torch.Tensor) -> torch.Tensor:
     """LAMP normalisation of one layer's scores (same shape)."""
     flat = scores.detach().flatten().to(torch.float64) ** 2
@@ -309,8 +571,15 @@ def plan_budget(
     max_sparsity: float | Mapping[str, float] = 0.999,
     metric: str = "params",
     example_input: torch.Tensor | None = None,
+    group_score: str = "sum",
 ) -> BudgetPlan:
     """The budget plan of ``model``: which parameters the layers can give up, and the limits.
+
+    ``granularity="channel"`` with ``example_input`` gives a :class:`ChannelBudgetPlan`: units
+    are dependency-group channels (tied channels go together, scored with ``group_score``,
+    see :func:`sparsesearch.compact.group_scores`) priced exactly at what the compacted model
+    loses. Without ``example_input``, or for a model ``torch.fx`` cannot trace, a channel costs
+    its own weight row and bias (what the masks zero).
 
     ``metric="macs"`` plans a budget of multiply-accumulates per sample instead (Linear and
     Conv layers, as :func:`sparsesearch.count_macs` counts them; needs ``example_input``): a
@@ -339,6 +608,19 @@ def plan_budget(
             raise SparsesearchError(f"per-layer sparsity limits must be in [0, 1), got {v=} for {name!r}")
         return v
 
+    if granularity == "channel" and example_input is not None:
+        lo_hi = {
+            layer.name: (limit(min_sparsity, layer.name, 0.0), limit(max_sparsity, layer.name, 0.999))
+            for layer in layers
+        }
+        plan = None
+        try:
+            plan = _channel_plan(model, layers, budget_units, total, metric, example_input, lo_hi, group_score)
+        except SparsesearchError:
+            plan = None  # not traceable: priced per layer below
+        if plan is not None:
+            _check_feasible(plan, budget_units, metric, total)
+            return plan
     lbs = []
     prunable = 0
     for layer in layers:
@@ -370,11 +652,16 @@ def plan_budget(
         granularity=granularity,
         metric=metric,
     )
+    _check_feasible(plan, budget_units, metric, total)
+    return plan
+
+
+def _check_feasible(plan: BudgetPlan, budget_units: int, metric: str, total: int) -> None:
     if budget_units < plan.min_feasible:
         what = "parameters" if metric == "params" else "MACs per sample"
+        how = "per-group minimum" if isinstance(plan, ChannelBudgetPlan) else "per-layer minimum"
         raise BudgetError(
             f"budget of {budget_units} {what} is infeasible: the feasible minimum is "
-            f"{plan.min_feasible} ({plan.fixed_params} non-prunable + per-layer minimum); "
+            f"{plan.min_feasible} ({plan.fixed_params} non-prunable + {how}); "
             f"total is {total}"
         )
-    return plan

@@ -10,7 +10,7 @@ from torch import nn
 
 from sparsesearch.errors import SparsesearchError, StrategyError
 from sparsesearch.layers import find_layers
-from sparsesearch.masks import apply_mask, channel_mask_to_weight, exact_mask, get_mask
+from sparsesearch.masks import apply_mask, channel_mask_to_weight, exact_mask, get_mask, num_to_prune
 from sparsesearch.plugins import get_strategy
 from sparsesearch.score import DEFAULT_GRADIENT_BATCHES, compute_scores
 from sparsesearch.strategy import Layer, Strategy
@@ -49,18 +49,117 @@ def resolve_sparsity(
     return amounts
 
 
+def _channel_groups(layers: Sequence[Layer], groups: Any) -> tuple[list, set[str]]:
+    """The dependency groups (of ``groups``, or recorded on the layers' modules) whose members
+    are all among ``layers`` with the recorded shapes; and the names they cover."""
+    from sparsesearch.compact import DependencyGraph, graph_of
+
+    by_name = {layer.name: layer for layer in layers}
+    graphs = []
+    if isinstance(groups, DependencyGraph):
+        graphs = [groups]
+    elif groups is None:
+        for layer in layers:
+            g = graph_of(layer.module)
+            if g is not None and all(g is not h for h in graphs):
+                graphs.append(g)
+    elif groups is not False:
+        raise SparsesearchError(f"groups must be a DependencyGraph, None or False, got {type(groups).__name__}")
+    found, covered = [], set()
+    for graph in graphs:
+        for group in graph.groups:
+            members = group.members
+            if any(n in covered for n in members):
+                continue
+            if all(
+                n in by_name and by_name[n].out_channels == graph.units.get(n) for n in members
+            ):
+                found.append(group)
+                covered.update(members)
+    return found, covered
+
+
+def _mask_channels(module: nn.Module, cmask: torch.Tensor) -> None:
+    previous = get_mask(module, "weight")
+    wmask = channel_mask_to_weight(cmask, module.weight)
+    if previous is not None:  # weights pruned earlier (e.g. unstructured) stay pruned
+        wmask = wmask * previous.to(wmask.dtype)
+    apply_mask(module, wmask)
+    if getattr(module, "bias", None) is not None:
+        bmask = cmask.to(module.bias.dtype)
+        prev_bias = get_mask(module, "bias")
+        if prev_bias is not None:
+            bmask = bmask * prev_bias.to(bmask.dtype)
+        apply_mask(module, bmask, "bias")
+
+
+def _pruned_channels(module: nn.Module) -> torch.Tensor | None:
+    previous = get_mask(module, "weight")
+    if previous is None:
+        return None
+    return previous.flatten(1).abs().sum(1) == 0
+
+
 def apply_sparsity(
     layers: Sequence[Layer],
     scores: Mapping[str, torch.Tensor],
     amounts: Mapping[str, float],
     granularity: str,
+    *,
+    groups: Any = None,
+    group_score: str = "sum",
 ) -> None:
     """Mask each layer at exactly ``round(amount × units)`` lowest-scoring units.
 
     Already-pruned units stay pruned (their scores count as lowest), so repeated calls with
     growing amounts prune gradually.
+
+    Channel granularity: channels tied by a dependency group (residual addition, depthwise
+    conv, ...; see :func:`sparsesearch.compact.dependency_graph`) are removed together, the
+    same indices in every member layer, ranked by the group score
+    (:func:`sparsesearch.compact.group_scores` with ``group_score``). ``groups`` is the
+    :class:`~sparsesearch.compact.DependencyGraph` to use; by default the one recorded on the
+    layers' modules by ``plan_budget`` / ``prune(example_input=...)`` (copies of the model
+    carry it), and ``False`` masks every layer on its own. A group removes as many of its
+    channels as its most-pruned member asks for (the planner always gives members the same
+    amount); it always keeps one. Untied layers are masked exactly as before.
     """
+    tied: set[str] = set()
+    if granularity == "channel":
+        from sparsesearch.compact import group_scores as _group_scores
+
+        found, tied = _channel_groups(layers, groups)
+        by_name = {layer.name: layer for layer in layers}
+        for group in found:
+            want = 0
+            prev = torch.zeros(group.size, dtype=torch.bool)
+            for n, rows in group.members.items():
+                layer = by_name[n]
+                p = num_to_prune(amounts[n], layer.out_channels)
+                k = rows.shape[1]
+                want = max(want, -(-p // k))
+                pc = _pruned_channels(layer.module)
+                if pc is not None:
+                    prev |= pc[rows].any(1)
+            want = min(want, group.size - 1)
+            gscore = _group_scores(group, scores, group_score)
+            amount = want / group.size
+            gmask = exact_mask(
+                gscore, amount, previous=(~prev).to(torch.float64) if bool(prev.any()) else None
+            )
+            # exact_mask rounds amount * size back to ``want``
+            for n, rows in group.members.items():
+                module = by_name[n].module
+                cmask = torch.ones(by_name[n].out_channels, dtype=module.weight.dtype)
+                drop = rows[gmask == 0].flatten()
+                cmask[drop] = 0
+                pc = _pruned_channels(module)
+                if pc is not None:
+                    cmask[pc] = 0
+                _mask_channels(module, cmask)
     for layer in layers:
+        if layer.name in tied:
+            continue
         module = layer.module
         amount = amounts[layer.name]
         previous = get_mask(module, "weight")
@@ -69,16 +168,7 @@ def apply_sparsity(
             if previous is not None:
                 prev_channels = (previous.flatten(1).abs().sum(1) > 0).to(previous.dtype)
             cmask = exact_mask(scores[layer.name], amount, previous=prev_channels)
-            wmask = channel_mask_to_weight(cmask, module.weight)
-            if previous is not None:  # weights pruned earlier (e.g. unstructured) stay pruned
-                wmask = wmask * previous.to(wmask.dtype)
-            apply_mask(module, wmask)
-            if getattr(module, "bias", None) is not None:
-                bmask = cmask.to(module.bias.dtype)
-                prev_bias = get_mask(module, "bias")
-                if prev_bias is not None:
-                    bmask = bmask * prev_bias.to(bmask.dtype)
-                apply_mask(module, bmask, "bias")
+            _mask_channels(module, cmask)
         else:
             if amount == 0 and previous is None:
                 continue
@@ -128,13 +218,21 @@ def prune(
             raise SparsesearchError(f"sparsity must be in [0, 1), got {sparsity=}")
     else:
         amounts = resolve_sparsity(layers, sparsity, strat.granularity)
+    graph = None
+    if strat.granularity == "channel" and example_input is not None:
+        from sparsesearch.compact import dependency_graph
+
+        try:  # tied channels are removed together; strategies see the graph in their context
+            graph = dependency_graph(model, layers, example_input)
+        except SparsesearchError:
+            graph = None  # not traceable: every layer is masked on its own
     scores = compute_scores(
         model, layers, strat, data=data, seed=seed, num_batches=num_batches,
         batch_size=batch_size, device=device, params=params,
     )
     if scope == "global":
         amounts = global_amounts(layers, scores, float(sparsity), strat.granularity)
-    apply_sparsity(layers, scores, amounts, strat.granularity)
+    apply_sparsity(layers, scores, amounts, strat.granularity, groups=graph)
     if strat.granularity == "channel":
         from sparsesearch.compact import dependent_masks
 

@@ -52,14 +52,21 @@ def _warm_bn(model: nn.Module, shape, steps: int = 2) -> None:
     model.eval()
 
 
-def _pruned(name: str, sparsity: float, *, dependent: bool = True):
+def _pruned(name: str, sparsity: float, *, dependent: bool = True, grouped: bool = True):
     shape, kwargs = ZOO[name]
     torch.manual_seed(0)
     model = build_model(name, **kwargs)
     _warm_bn(model, shape)
     x = torch.randn(*shape)
-    if dependent:  # prune() masks the BatchNorm of pruned channels itself
+    if dependent and grouped:  # prune() masks the BatchNorm of pruned channels itself
         sparsesearch.prune(model, "l1-filter", sparsity, example_input=x)
+        assert dependent_masks(model, x) == {}
+    elif dependent:  # every layer masked on its own: tied channels are not aligned
+        layers = sparsesearch.find_layers(model, example_input=x)
+        scores = compute_scores(model, layers, sparsesearch.get_strategy("l1-filter").strategy)
+        amounts = resolve_sparsity(layers, sparsity, "channel")
+        apply_sparsity(layers, scores, amounts, "channel", groups=False)
+        dependent_masks(model, x)
         assert dependent_masks(model, x) == {}
     else:  # the engine's lower-level steps, without dependent_masks
         layers = sparsesearch.find_layers(model, example_input=x)
@@ -114,8 +121,14 @@ def test_compacted_zoo_models_are_equivalent_and_smaller(name, sparsity):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_compaction_reports_residual_ties_without_warning():
+def test_grouped_pruning_leaves_no_tied_channel_behind():
     model, x = _pruned("cifar-resnet", 0.5)
+    result = compact(model, example_input=x)
+    assert not result.tied and not result.blocked
+
+
+def test_compaction_reports_residual_ties_without_warning():
+    model, x = _pruned("cifar-resnet", 0.5, grouped=False)
     result = compact(model, example_input=x)
     assert result.tied and not result.blocked
     assert any("layer1.0.conv2" in line and "tied" in line for line in result.tied)
