@@ -181,7 +181,7 @@ def test_runs_in_a_small_search(taylor, tmp_path):
         model, (split(96), split(48), split(48)), budget=0.5, strategies=["taylor"],
         n_trials=2, runs_dir=tmp_path, heuristics=(), trained=True, pruner="none",
         storage=optuna.storages.InMemoryStorage(),
-        space={"epochs": 1, "batch_size": 32}, num_batches=2,
+        space={"epochs": 1, "batch_size": 32, "allocation": "layers"}, num_batches=2,
     )
     done = [t for t in result.study.trials if t.state.name == "COMPLETE"]
     assert done and all(t.user_attrs["strategy"] == "taylor" for t in done)
