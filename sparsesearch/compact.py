@@ -76,6 +76,7 @@ __all__ = [
     "dependency_graph",
     "graph_of",
     "group_scores",
+    "norm_after",
 ]
 
 
@@ -1927,3 +1928,20 @@ def _build_graph(a: _Analysis, names: list[str], shapes, total_params: int, exam
         consumers=consumers, norms=norms, costs=costs,
         example_shape=tuple(ex) if ex is not None else None,
     )
+
+
+def norm_after(model: nn.Module, layer: str) -> str | None:
+    """The name of the normalisation module that reads ``layer``'s output directly (shape-free
+    ``torch.fx`` trace of ``model``), or ``None`` (also when the model cannot be traced)."""
+    try:
+        gm = _trace(model)
+    except _TraceFailure:
+        return None
+    modules = dict(model.named_modules())
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target == layer:
+            for user in node.users:
+                if user.op == "call_module" and isinstance(modules.get(user.target), _NORM):
+                    return user.target
+            return None
+    return None

@@ -60,6 +60,8 @@ class ScoreContext:
             et al. 2019); same conditions.
         num_batches: how many training batches the gradients were accumulated over.
         params: strategy-specific hyperparameters (from the search space hook), by name.
+        graph: the model's :class:`sparsesearch.compact.DependencyGraph` when the engine has
+            one (``None``: the one recorded on the layer's module is used, see :meth:`group`).
     """
 
     seed: int = 0
@@ -69,6 +71,51 @@ class ScoreContext:
     taylor: Mapping[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     num_batches: int = 0
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    graph: Any = None
+
+    # -- the model's graph (structured strategies) ---------------------------------------------
+
+    def _graph(self, layer: Layer | str):
+        from sparsesearch.compact import DependencyGraph, graph_of
+
+        if isinstance(self.graph, DependencyGraph):
+            return self.graph
+        module = layer.module if isinstance(layer, Layer) else None
+        if module is None and self.model is not None:
+            module = dict(self.model.named_modules()).get(layer)
+        return graph_of(module) if module is not None else None
+
+    def group(self, layer: Layer | str) -> tuple[str, ...]:
+        """Names of the prunable layers whose output channels are tied to ``layer``'s (a
+        residual addition, a depthwise conv, ...), ``layer`` included. The engine removes the
+        same channels from all of them, ranked by the group score of their scores. Without a
+        dependency graph (a model ``torch.fx`` cannot trace, ``prune()`` without
+        ``example_input``): the layer alone."""
+        name = layer if isinstance(layer, str) else layer.name
+        graph = self._graph(layer)
+        tied = graph.tied(name) if graph is not None else ()
+        return tied or (name,)
+
+    def consumers(self, layer: Layer | str) -> tuple[str, ...]:
+        """Names of the Conv / Linear modules that read ``layer``'s output channels (their
+        input slices go with a removed channel); ``()`` without a dependency graph."""
+        name = layer if isinstance(layer, str) else layer.name
+        graph = self._graph(layer)
+        return tuple(graph.consumers.get(name, ())) if graph is not None else ()
+
+    def norm(self, layer: Layer | str) -> nn.Module | None:
+        """The normalisation module (BatchNorm, ...) applied right after ``layer``, or ``None``.
+        Read only, like ``model``. Found without a dependency graph too (by tracing ``model``)."""
+        name = layer if isinstance(layer, str) else layer.name
+        graph = self._graph(layer)
+        target = graph.norms.get(name) if graph is not None else None
+        if graph is None and self.model is not None:
+            from sparsesearch.compact import norm_after
+
+            target = norm_after(self.model, name)
+        if target is None or self.model is None:
+            return None
+        return dict(self.model.named_modules()).get(target)
 
     def generator(self, layer: Layer | str) -> torch.Generator:
         """A CPU generator seeded from ``seed`` and the layer name (stable across runs)."""
