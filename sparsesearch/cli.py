@@ -164,6 +164,7 @@ def _setup_logging(quiet: bool, progress: Any = None) -> logging.Handler:
     return handler
 
 
+_CURRENT_STORAGE: list[Any] = [None]  # the storage the command works on, for error lines
 _URL = re.compile(r"\b[A-Za-z][\w+.-]*://\S+")
 _SECRETS: set[str] = set()  # passwords of the storage URLs this invocation was given
 
@@ -303,6 +304,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         kwargs["storage"] = resolve_storage_spec(None, study_name=cfg.name, runs_dir=runs_dir,
                                                  workers=workers)
     storage = kwargs["storage"]
+    _CURRENT_STORAGE[0] = storage
     _check_storage(storage)
     limits = []
     if cfg.n_trials is not None:
@@ -373,6 +375,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     _setup_logging(True)
     _cfg, storage, name = _target(args)
+    _CURRENT_STORAGE[0] = storage
     study = open_study(storage, name)
     from sparsesearch.storage import run_folder
 
@@ -390,6 +393,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     _setup_logging(False)
     cfg, storage, name = _target(args)
+    _CURRENT_STORAGE[0] = storage
     study = open_study(storage, name)
     if args.device is not None:
         from sparsesearch.train import resolve_device
@@ -444,7 +448,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 msg = f"{msg}: {exc.filename}"
             _err(msg)
             return 2
-        except Exception:  # noqa: BLE001 - a bug: show everything
+        except Exception as exc:  # noqa: BLE001 - a bug: show everything
+            from sparsesearch.storage import describe_storage_error, is_storage_error
+
+            if is_storage_error(exc):  # a read-only, full or lost database: not a bug
+                _err(describe_storage_error(exc, _CURRENT_STORAGE[0]))
+                return 2
             traceback.print_exc()
             print("sparsesearch: internal error (a bug, please report it with the traceback above)",
                   file=sys.stderr)

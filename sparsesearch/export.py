@@ -79,6 +79,15 @@ def output_paths(out: str | os.PathLike) -> tuple[Path, Path]:
     return p / name, p / "recipe.json"
 
 
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SparsesearchError(f"cannot write into {folder}: it exists and is not a folder") from None
+    except OSError as exc:
+        raise SparsesearchError(f"cannot create the folder {folder}: {exc.strerror or exc}") from None
+
+
 def _plain_state(model_or_state: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
@@ -87,7 +96,7 @@ def _plain_state(model_or_state: nn.Module | Mapping[str, torch.Tensor]) -> dict
 def save_state_dict(model_or_state: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
     """Write a state_dict: safetensors for ``.safetensors``, ``torch.save`` otherwise."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(path.parent)
     state = _plain_state(model_or_state)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -101,10 +110,18 @@ def save_state_dict(model_or_state: nn.Module | Mapping[str, torch.Tensor], path
 
             save_file(state, str(tmp), metadata={"format": "pt", "producer": "sparsesearch"})
         else:
-            torch.save(state, tmp)
+            with open(tmp, "wb") as f:  # our OSError, not torch's "open file failed"
+                torch.save(state, f)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise SparsesearchError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except RuntimeError as exc:  # torch/safetensors writers report I/O errors this way
+        raise SparsesearchError(f"cannot write {path}: {' '.join(str(exc).split())[:200]}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
     return path
 
 
@@ -113,8 +130,14 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError: one line
+            raise SparsesearchError(f"cannot load {path}: {type(exc).__name__}: "
+                                    f"{' '.join(str(exc).split())[:200]}") from None
+    from sparsesearch.models import read_state_file
+
+    return read_state_file(path, what="model file", error=SparsesearchError)
 
 
 def write_export(
@@ -123,8 +146,11 @@ def write_export(
     """Write the model and its recipe for ``--out`` (see :func:`output_paths`)."""
     model_path, recipe_path = output_paths(out)
     save_state_dict(model_or_state, model_path)
-    recipe_path.parent.mkdir(parents=True, exist_ok=True)
-    recipe.to_json(recipe_path)
+    _make_folder(recipe_path.parent)
+    try:
+        recipe.to_json(recipe_path)
+    except OSError as exc:
+        raise SparsesearchError(f"cannot write {recipe_path}: {exc.strerror or exc}") from None
     return model_path, recipe_path
 
 
@@ -308,7 +334,17 @@ def _from_best_file(study: optuna.Study, trial: FrozenTrial, run_dir: Path) -> d
     same = ("strategy", "sparsity", "retrain", "seed", "strategy_params", "granularity")
     if any(getattr(recipe, f) != getattr(stored, f) for f in same):  # another study of that name
         return None
-    return torch.load(model_file, map_location="cpu", weights_only=True)
+    from sparsesearch.models import read_state_file
+
+    state = read_state_file(model_file, what=f"the best model of study {study.study_name!r}",
+                            error=SparsesearchError,
+                            hint=f"Remove {model_file} to rebuild the trial from the dense model")
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SparsesearchError(
+            f"{model_file} holds no state_dict (names to tensors): it was not written by "
+            f"sparsesearch run; remove it to rebuild the trial from the dense model"
+        )
+    return dict(state)
 
 
 def dense_for(study: optuna.Study, config: Any, *, runs_dir: str | os.PathLike = "runs",

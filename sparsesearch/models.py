@@ -318,6 +318,52 @@ def _state_dict_from(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
     return obj
 
 
+def _why_unreadable(exc: BaseException) -> str:
+    """What is wrong with a file ``torch.load(weights_only=True)`` refused, in our words (torch's
+    own message advises ``weights_only=False``, which would run the file's pickled code)."""
+    import re
+
+    text = str(exc)
+    if isinstance(exc, EOFError) or not text.strip():
+        return "the file is empty or truncated"
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"it holds a pickled Python object ({found.group(1)}), not only tensors and plain "
+                "containers, and such objects are never loaded (they can run code)")
+    if "Weights only load failed" in text or isinstance(exc, pickle.UnpicklingError):
+        return "it is not a file written by torch.save (or it is damaged)"
+    if "zip archive" in text or "PytorchStreamReader" in text:
+        return "it is a damaged or truncated torch.save file"
+    first = " ".join(text.split())[:160]
+    return f"{type(exc).__name__}: {first}"
+
+
+def read_state_file(path: str | os.PathLike, *, what: str = "checkpoint",
+                    error: type[SparsesearchError] | None = None, hint: str | None = None) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``, every failure one line
+    (``error``, default :class:`ModelError`) saying what the file is and how to write one
+    that loads safely; torch's warnings are not passed on."""
+    import warnings
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError,
+            TypeError, ImportError, IndexError, KeyError, UnicodeDecodeError) as exc:
+        raise (error or ModelError)(
+            f"cannot load {what} {path}: {_why_unreadable(exc)}; sparsesearch reads only "
+            "tensors (torch.load with weights_only=True). "
+            + (hint or "Write it from the trained model as torch.save(model.state_dict(), path) "
+                       "(or with safetensors) and load that")
+        ) from None
+    except OSError as exc:
+        raise (error or ModelError)(
+            f"cannot read {what} {path}: {exc.strerror or exc}"
+        ) from None
+
+
 def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load the weights at ``path`` into ``model`` (strictly) and return it.
 
@@ -328,14 +374,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ModelError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(
-            f"cannot load checkpoint {path} with weights_only=True (only tensors and plain "
-            f"containers are accepted): {first}"
-        ) from exc
+    obj = read_state_file(path, what="checkpoint")
     state = dict(_state_dict_from(obj, path))
     own = model.state_dict()
     if state and all(k.startswith("module.") for k in state) and not any(

@@ -1,0 +1,178 @@
+"""Nothing lost after a crash, every damaged or unwritable file one clear line: checkpoints,
+best.pt, read-only storages and folders, journal files, concurrent schema creation, killed
+workers and their trials."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from sparsesearch.cli import main
+from sparsesearch.errors import SparsesearchError
+from sparsesearch.models import ModelError, build_model, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCH_ADVICE = ("weights_only=False", "weights_only` set to `False", "will likely succeed", "add_safe_globals")
+
+TINY = """\
+[study]
+name = "{name}"
+n_trials = 1
+seed = 0
+
+[model]
+name = "digits-mlp"
+
+[data]
+name = "digits"
+
+[budget]
+fraction = 0.2
+
+[search]
+heuristics = ["uniform"]
+
+[space]
+lr = 0.05
+epochs = {epochs}
+allocation = false
+
+[dense]
+epochs = 1
+lr = 0.1
+"""
+
+
+def tiny_study(folder: Path, name: str = "t", epochs: int = 1) -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(TINY.format(name=name, epochs=epochs))
+    return path
+
+
+def cli(capsys, *args: object) -> tuple[int, str, str]:
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("sparsesearch: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+class Planted:  # pickled by reference: weights_only=True refuses it
+    pass
+
+
+def bad_files(folder: Path) -> dict[str, Path]:
+    files = {"empty": folder / "empty.pt", "garbage": folder / "garbage.pt",
+             "object": folder / "object.pt", "module": folder / "module.pt",
+             "truncated": folder / "truncated.pt"}
+    files["empty"].write_bytes(b"")
+    files["garbage"].write_bytes(b"garbage, not a torch file")
+    torch.save({"w": Planted()}, files["object"])
+    torch.save(torch.nn.Linear(2, 2), files["module"])
+    whole = folder / "whole.pt"
+    torch.save({"w": torch.zeros(100)}, whole)
+    files["truncated"].write_bytes(whole.read_bytes()[:300])
+    return files
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    """`sparsesearch run` of a tiny study (in-process): runs/t/{study.db,best.pt,...}."""
+    cwd = tmp_path_factory.mktemp("integrity")
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        study = tiny_study(cwd)
+        assert main(["run", str(study), "--quiet", "--no-report"]) == 0
+    finally:
+        os.chdir(old)
+    return cwd, study
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. checkpoints: what the file is, no torch advice, no warning
+
+
+@pytest.mark.parametrize("kind", ["empty", "garbage", "object", "module", "truncated"])
+def test_bad_checkpoint_is_one_line_without_torch_advice(tmp_path, kind):
+    path = bad_files(tmp_path)[kind]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ModelError) as info:
+            load_checkpoint(build_model("digits-mlp"), path)
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg and "\x1b" not in msg
+    assert not any(a in msg for a in TORCH_ADVICE), msg
+    assert "torch.save(model.state_dict()" in msg
+    if kind in ("object", "module"):
+        assert "pickled Python object" in msg
+    assert [str(w.message) for w in caught] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. one line, exit 2, for damaged or unwritable files
+
+
+@pytest.mark.parametrize("kind", ["empty", "garbage", "object", "truncated"])
+def test_export_with_a_damaged_best_pt(ran, tmp_path, capsys, kind, monkeypatch):
+    cwd, study = ran
+    best = cwd / "runs" / "t" / "best.pt"
+    good = best.read_bytes()
+    try:
+        best.write_bytes(bad_files(tmp_path)[kind].read_bytes())
+        monkeypatch.chdir(cwd)
+        rc, out, err = cli(capsys, "export", study, "--out", tmp_path / "m.pt")
+    finally:
+        best.write_bytes(good)
+    assert rc == 2
+    line = one_error_line(err)
+    assert "best.pt" in line and "Remove" in line
+    assert not any(a in line for a in TORCH_ADVICE), line
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_export_into_a_file_where_a_folder_is_expected(ran, tmp_path, capsys, monkeypatch):
+    cwd, study = ran
+    monkeypatch.chdir(cwd)
+    (tmp_path / "plain-file").write_text("x")
+    rc, out, err = cli(capsys, "export", study, "--out", tmp_path / "plain-file" / "m.pt")
+    assert rc == 2
+    assert "not a folder" in one_error_line(err)
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs sysfs (a folder nobody can create files in)")
+def test_export_into_a_read_only_folder(ran, tmp_path, capsys, monkeypatch):
+    cwd, study = ran
+    monkeypatch.chdir(cwd)
+    target = Path("/sys/kernel/sparsesearch-test.pt")  # sysfs: no new files, even for root
+    rc, out, err = cli(capsys, "export", study, "--out", target)
+    assert rc == 2
+    line = one_error_line(err)
+    assert "cannot write" in line and str(target) in line
+    assert not target.exists()
+
+
+def test_run_on_a_read_only_database(ran, capsys, monkeypatch):
+    cwd, study = ran
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("SPARSESEARCH_DB_RETRIES", "0")
+    read_only = "sqlite:///file:runs/t/study.db?mode=ro&uri=true"  # SQLite opens it read-only
+    before = (cwd / "runs" / "t" / "study.db").read_bytes()
+    rc, out, err = cli(capsys, "run", study, "--quiet", "--no-report", "--storage", read_only)
+    assert rc == 2
+    assert "readonly database" in one_error_line(err)
+    assert (cwd / "runs" / "t" / "study.db").read_bytes() == before
