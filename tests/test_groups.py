@@ -5,7 +5,9 @@ together, and strategies see the graph (a network-slimming strategy in a few lin
 from __future__ import annotations
 
 import copy
+import re
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +28,7 @@ from sparsesearch.macs import count_macs
 from sparsesearch.masks import get_mask
 from sparsesearch.models import build_model
 from sparsesearch.prune import apply_sparsity
-from sparsesearch.strategy import ScoreContext, Strategy
+from sparsesearch.strategy import ScoreContext
 
 HEURISTICS = ("uniform", "global", "lamp", "erk")
 
@@ -263,17 +265,17 @@ def test_prune_with_example_input_masks_groups_together():
 # -- strategies see the graph -----------------------------------------------------------------
 
 
-class Slimming(Strategy):
-    """Network slimming (Liu et al. 2017): |γ| of the BatchNorm after each layer."""
+def _doc_slimming():
+    """The network-slimming example of docs/plugins.md, as written there."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text(encoding="utf-8")
+    section = text[text.index("## Structured strategies and the model's graph"):]
+    code = re.search(r"```python\n(.*?)\n```", section, re.DOTALL).group(1)
+    namespace: dict = {}
+    exec(compile(code, "docs/plugins.md", "exec"), namespace)  # noqa: S102 - our own docs
+    return namespace["Slimming"]
 
-    name = "test-slimming"
-    granularity = "channel"
 
-    def score(self, layer, context):
-        bn = context.norm(layer)
-        if bn is None:  # no BatchNorm after it (the classifier): L1 of the filters
-            return layer.weight.abs().flatten(1).sum(1)
-        return bn.weight.detach().abs()
+Slimming = _doc_slimming()
 
 
 def test_score_context_gives_group_consumers_and_norm():
@@ -304,3 +306,15 @@ def test_network_slimming_strategy_prunes_the_smallest_gammas():
     rows = (get_mask(model.features[0]) == 0).flatten(1).all(1)
     assert rows.nonzero().flatten().tolist() == [3, 7]
     assert (get_mask(model.features[1], "weight") == 0).nonzero().flatten().tolist() == [3, 7]
+
+
+def test_network_slimming_on_a_residual_network_prunes_streams_together():
+    model, x = _model("cifar-resnet")
+    sparsesearch.prune(model, Slimming(), 0.5, example_input=x)
+    mods = dict(model.named_modules())
+    stream = graph_of(mods["conv1"]).group("conv1")
+    masks = [(get_mask(mods[n]) == 0).flatten(1).all(1) for n in stream.layers]
+    assert all(torch.equal(m, masks[0]) for m in masks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not compact(model, example_input=x).tied
