@@ -28,7 +28,9 @@ from sparsesearch.prune import apply_sparsity
 from sparsesearch.plugins import get_strategy
 from sparsesearch.score import DEFAULT_GRADIENT_BATCHES, compute_scores
 
-__all__ = ["FORMAT", "Recipe", "RetrainSettings", "apply_recipe", "load_recipe"]
+__all__ = ["FORMAT", "Recipe", "Replay", "RetrainSettings", "apply_recipe", "load_recipe", "replay"]
+
+SCHEDULES = ("steps", "gradual")
 
 FORMAT = "sparsesearch.recipe/1"
 
@@ -36,7 +38,14 @@ FORMAT = "sparsesearch.recipe/1"
 @dataclasses.dataclass(frozen=True)
 class RetrainSettings:
     """Fine-tuning after pruning. ``prune_steps`` = k rounds of prune + retrain (1 = one-shot);
-    ``kd_weight`` > 0 distils from the dense model at ``kd_temperature``."""
+    ``kd_weight`` > 0 distils from the dense model at ``kd_temperature``.
+
+    ``schedule`` says how the k rounds are spent: ``"steps"`` (each round its own learning-rate
+    cycle: intermediate rounds one epoch, the last the rest) or ``"gradual"`` (Zhu & Gupta: one
+    warm-up + cosine schedule over all ``epochs``; the k prune events, on the cubic schedule,
+    are spread evenly over the first ``prune_window`` share of the epochs). ``warmup`` is the
+    share of optimizer steps with a linear learning-rate warm-up.
+    """
 
     lr: float = 0.05
     epochs: int = 3
@@ -47,8 +56,17 @@ class RetrainSettings:
     prune_steps: int = 1
     kd_weight: float = 0.0
     kd_temperature: float = 4.0
+    schedule: str = "steps"
+    prune_window: float = 0.5
+    warmup: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise SparsesearchError(f"schedule must be one of {SCHEDULES}, got schedule={self.schedule!r}")
+        if not 0.0 < self.prune_window <= 1.0:
+            raise SparsesearchError(f"prune_window must be in (0, 1], got prune_window={self.prune_window!r}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise SparsesearchError(f"warmup must be in [0, 1), got warmup={self.warmup!r}")
         if not self.lr > 0:
             raise SparsesearchError(f"lr must be > 0, got lr={self.lr!r}")
         if self.epochs < 0:
@@ -132,6 +150,15 @@ def split_epochs(epochs: int, steps: int) -> list[int]:
     return inter + [max(epochs - (steps - 1), 1 if epochs > 0 else 0)]
 
 
+def prune_epochs(epochs: int, steps: int, window: float) -> list[int]:
+    """Epochs (0-based, before which) the ``steps`` prune events of a gradual schedule happen:
+    evenly over the first ``window`` share of ``epochs``, the first at epoch 0."""
+    if steps == 1 or epochs <= 1:
+        return [0] * steps
+    span = max(1.0, window * epochs)
+    return [min(int(i * span / steps), epochs - 1) for i in range(steps)]
+
+
 def _example(splits: Any, device: Any) -> torch.Tensor:
     """A couple of training inputs, to trace the model with."""
     x = splits.train[0][0]
@@ -139,9 +166,19 @@ def _example(splits: Any, device: Any) -> torch.Tensor:
     return torch.stack([x, x2]).to(device)
 
 
+@dataclasses.dataclass
+class Replay:
+    """What :func:`replay` did: the pruned ``model`` (masks on), the validation accuracy after
+    each fine-tuning epoch (``history``, when validation ran) and the ``epochs`` trained."""
+
+    model: nn.Module
+    history: list[float]
+    epochs: int
+
+
 def apply_recipe(
     model: nn.Module,
-    recipe: Recipe | Mapping[str, Any] | str | Path,
+    recipe: "Recipe | Mapping[str, Any] | str | Path",
     data: Any,
     *,
     device: str | torch.device = "cpu",
@@ -159,9 +196,31 @@ def apply_recipe(
     search passes its per-study cache). With ``retrain=False`` only the masks are applied
     (one step, the final amounts). ``on_masked(model, final)`` is called after each prune
     step's masks are applied, before its fine-tuning (the search checks structured counts
-    there, before any training). Masks stay on the returned model; call
-    :func:`sparsesearch.make_permanent` to bake them in.
+    there). Masks stay on the returned model; call :func:`sparsesearch.make_permanent` to bake
+    them in. :func:`replay` does the same and also returns the fit history.
     """
+    return replay(
+        model, recipe, data, device=device, scores=scores, teacher=teacher, on_epoch=on_epoch,
+        on_masked=on_masked, retrain=retrain, inplace=inplace,
+    ).model
+
+
+def replay(
+    model: nn.Module,
+    recipe: "Recipe | Mapping[str, Any] | str | Path",
+    data: Any,
+    *,
+    device: str | torch.device = "cpu",
+    scores: Mapping[str, torch.Tensor] | None = None,
+    teacher: nn.Module | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+    on_masked: Callable[[nn.Module, bool], None] | None = None,
+    retrain: bool = True,
+    inplace: bool = False,
+) -> Replay:
+    """:func:`apply_recipe`, returning a :class:`Replay` (model, per-epoch validation
+    accuracy, epochs trained). ``on_epoch(epoch, val_accuracy)`` may raise to stop training
+    (the search's pruner does); epochs are counted from 0 over the whole recipe."""
     from sparsesearch.data import as_splits
     from sparsesearch.train import fit
 
@@ -193,10 +252,11 @@ def apply_recipe(
         num_batches=int(recipe.score.get("num_batches", DEFAULT_GRADIENT_BATCHES)),
         batch_size=rt.batch_size, device=device, params=recipe.strategy_params,
     )
-    epoch_offset = 0
-    for step, (step_amount, epochs) in enumerate(
-        zip(step_amounts(amounts, steps), split_epochs(rt.epochs, steps))
-    ):
+    example = _example(splits, device)
+    history: list[float] = []
+    trained = [0]
+
+    def mask_step(step: int, step_amount: Mapping[str, float]) -> None:
         if step == 0 and scores is not None:
             step_scores = scores
         else:  # prune steps after the first score the current (fine-tuned) model
@@ -205,25 +265,61 @@ def apply_recipe(
         if strategy.granularity == "channel":
             from sparsesearch.compact import dependent_masks
 
-            dependent_masks(work, _example(splits, device))
+            dependent_masks(work, example)
         if on_masked is not None:
             on_masked(work, step == steps - 1)
-        if not retrain or epochs == 0:
+
+    def fit_kw() -> dict[str, Any]:
+        return dict(
+            lr=rt.lr, optimizer=rt.optimizer, weight_decay=rt.weight_decay, momentum=rt.momentum,
+            batch_size=rt.batch_size, device=device, teacher=teacher, kd_weight=rt.kd_weight,
+            kd_temperature=rt.kd_temperature, warmup=rt.warmup,
+        )
+
+    plan = step_amounts(amounts, steps)
+    if not retrain or rt.epochs == 0:
+        for step, step_amount in enumerate(plan):
+            mask_step(step, step_amount)
+        return Replay(work, history, 0)
+
+    if rt.schedule == "gradual":
+        # several events on one epoch (more steps than epochs): the last of them is applied
+        by_epoch: dict[int, int] = {}
+        for step, e in enumerate(prune_epochs(rt.epochs, steps, rt.prune_window)):
+            by_epoch[e] = step
+
+        def before(epoch: int) -> None:
+            if epoch in by_epoch:
+                mask_step(by_epoch[epoch], plan[by_epoch[epoch]])
+
+        def report(epoch: int, acc: float) -> None:
+            trained[0] = epoch + 1
+            history.append(acc)
+            if on_epoch is not None:
+                on_epoch(epoch, acc)
+
+        fit(work, splits.train, epochs=rt.epochs, seed=recipe.seed, val_data=splits.val,
+            on_epoch=report, before_epoch=before, **fit_kw())
+        return Replay(work, history, trained[0])
+
+    epoch_offset = 0
+    for step, (step_amount, epochs) in enumerate(zip(plan, split_epochs(rt.epochs, steps))):
+        mask_step(step, step_amount)
+        if epochs == 0:
             continue
         final = step == steps - 1
-        offset = epoch_offset
 
-        def report(epoch: int, acc: float, _offset: int = offset) -> None:
+        def report(epoch: int, acc: float, _offset: int = epoch_offset) -> None:
+            trained[0] = _offset + epoch + 1
+            history.append(acc)
             if on_epoch is not None:
                 on_epoch(_offset + epoch, acc)
 
         fit(
-            work, splits.train, epochs=epochs, lr=rt.lr, optimizer=rt.optimizer,
-            weight_decay=rt.weight_decay, momentum=rt.momentum, batch_size=rt.batch_size,
-            seed=recipe.seed + step, device=device,
+            work, splits.train, epochs=epochs, seed=recipe.seed + step,
             val_data=splits.val if (final or on_epoch is not None) else None,
-            on_epoch=report, teacher=teacher, kd_weight=rt.kd_weight,
-            kd_temperature=rt.kd_temperature,
+            on_epoch=report, **fit_kw(),
         )
         epoch_offset += epochs
-    return work
+        trained[0] = epoch_offset
+    return Replay(work, history, trained[0])

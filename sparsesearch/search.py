@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -24,16 +25,24 @@ import optuna
 import torch
 from torch import nn
 
-from sparsesearch import plugins
+from sparsesearch import plugins, record
 from sparsesearch.budget import HEURISTICS, BudgetPlan, count_params, plan_budget
+from sparsesearch.compact import compact
+from sparsesearch.data import as_splits
 from sparsesearch.errors import SparsesearchError
+from sparsesearch.fidelity import ComputeBudget, auto_dense_epochs, choose_final, epochs_spent, screen_ranking
 from sparsesearch.layers import find_layers
+from sparsesearch.macs import count_macs
 from sparsesearch.masks import make_permanent
-from sparsesearch.recipe import Recipe, RetrainSettings, apply_recipe
+from sparsesearch.models import build_model, load_checkpoint
+from sparsesearch.sampler import LocalTPESampler
+from sparsesearch.recipe import Recipe, RetrainSettings, _example, apply_recipe, replay
 from sparsesearch.score import DEFAULT_GRADIENT_BATCHES, compute_scores
 from sparsesearch.space import SearchSpace
+from sparsesearch.storage import make_storage, mask_url
+from sparsesearch.train import evaluate, evaluate_loss, resolve_device, train_dense
 
-__all__ = ["DenseSettings", "SearchResult", "search", "mask_url", "default_storage"]
+__all__ = ["DenseSettings", "SearchResult", "search", "mask_url", "best_trial", "prepare_dense_model"]
 
 log = logging.getLogger("sparsesearch")
 
@@ -42,13 +51,18 @@ DENSITY_LOW = 1e-3  # smallest relative density a trial can sample for a layer
 
 @dataclasses.dataclass(frozen=True)
 class DenseSettings:
-    """How the dense model is trained when it is not given trained (cached per study)."""
+    """How the dense model is trained when it is not given trained (cached per study).
+    ``epochs=None``: :func:`sparsesearch.fidelity.auto_dense_epochs` (at least 15 epochs and
+    300 optimizer steps)."""
 
-    epochs: int = 10
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    weight_decay: float = 5e-4
+    epochs: int | None = None
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
     batch_size: int = 128
+
+    def resolved_epochs(self, n_train: int) -> int:
+        return self.epochs if self.epochs is not None else auto_dense_epochs(n_train, self.batch_size)
 
 
 @dataclasses.dataclass
@@ -73,6 +87,8 @@ class SearchResult:
     budget_params: int
     pareto_front: list[optuna.trial.FrozenTrial] = dataclasses.field(default_factory=list)
     budget_metric: str = "params"  # with "macs", budget_params is a MAC budget per sample
+    epochs_trained: int = 0  # fine-tuning epochs of the whole study (finalists included)
+    compute_budget: float = 0.0  # the study's fine-tuning compute budget, in epochs
 
     @property
     def compression(self) -> float:
@@ -89,29 +105,9 @@ class SearchResult:
         )
 
 
-def mask_url(url: str) -> str:
-    """A storage URL safe to print: any password replaced by ``***``."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not an SQLAlchemy URL (journal path, ...)
-        import re
-
-        return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
-
-
-def default_storage(study_name: str, runs_dir: str | Path = "runs") -> str:
-    path = Path(runs_dir) / study_name / "study.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
-
-
 def _resolve_model(
     model: nn.Module | str, splits: Any, model_kwargs: Mapping[str, Any], seed: int = 0
 ) -> tuple[nn.Module, bool]:
-    from sparsesearch.models import build_model
-
     if isinstance(model, nn.Module):
         return model, False
     if isinstance(model, str):
@@ -143,9 +139,8 @@ def _prepare_dense(
     model: nn.Module, *, built: bool, trained: bool | None, splits: Any, dense: DenseSettings,
     seed: int, device: torch.device, cache_dir: Path | None, data_key: str,
 ) -> nn.Module:
-    from sparsesearch.train import evaluate, train_dense
-
     model = model.to(device)
+    dense = dataclasses.replace(dense, epochs=dense.resolved_epochs(len(splits.train)))
     if trained is None:
         if built:
             trained = False
@@ -173,11 +168,28 @@ def _prepare_dense(
     )
 
 
+@dataclasses.dataclass(eq=False)
 class _Objective:
-    def __init__(self, **kw: Any) -> None:
-        self.__dict__.update(kw)
-        self.best_value: float | None = None
-        self.best_model: dict[int, nn.Module] = {}
+    """One trial: allocate (budget met by construction), mask, fine-tune, record."""
+
+    strategies: list[str]
+    plans: dict[str, BudgetPlan]
+    space: SearchSpace
+    compute: ComputeBudget
+    heuristics: list[str]
+    seed: int
+    dense: nn.Module
+    splits: Any
+    device: torch.device
+    teacher: nn.Module
+    num_batches: int
+    multi_objective: bool
+    score_dir: Path | None = None
+    score_key: Any = None
+    score_cache: dict[Any, dict[str, torch.Tensor]] = dataclasses.field(default_factory=dict)
+    heuristic_cache: dict[Any, dict[str, int]] = dataclasses.field(default_factory=dict)
+    models: dict[int, nn.Module] = dataclasses.field(default_factory=dict)
+    best_value: float | None = None
 
     def __call__(self, trial: optuna.Trial) -> Any:
         try:
@@ -185,13 +197,71 @@ class _Objective:
         except optuna.TrialPruned:
             raise
         except Exception as exc:
-            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
-            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            trial.set_user_attr(record.FAIL_REASON, f"{type(exc).__name__}: {exc}")
+            trial.set_user_attr(record.TRACEBACK, traceback.format_exc()[-4000:])
             log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
             raise
 
+    # -- allocation -----------------------------------------------------------------------
+
+    def allocate(self, trial: optuna.Trial, plan: BudgetPlan, strategy: str,
+                 strategy_params: Mapping[str, Any], scores: Mapping[str, torch.Tensor],
+                 heuristic: str | None) -> dict[str, int]:
+        """Units kept per layer. In ``family``/``heuristics`` mode the trial's parameters
+        (``alloc:heuristic``, ``alloc:temperature``) determine the allocation exactly, seeds
+        included; in ``layers`` mode one relative density per layer is projected."""
+        mode = self.space.allocation
+        if mode == "layers":
+            if heuristic:
+                keep = self.heuristic_keep(heuristic, strategy, strategy_params, plan, scores)
+                for lb in plan.layers:  # the enqueued densities, so the sampler learns from seeds
+                    trial.suggest_float(f"density:{lb.name}", DENSITY_LOW, 1.0, log=True)
+                return keep
+            densities = {
+                lb.name: trial.suggest_float(f"density:{lb.name}", DENSITY_LOW, 1.0, log=True)
+                for lb in plan.layers
+            }
+            return plan.project(densities)
+        choices = list(self.heuristics)
+        h = trial.suggest_categorical("alloc:heuristic", choices) if len(choices) > 1 else choices[0]
+        lo, hi = self.space.alloc_temperature
+        if mode == "heuristics":
+            tau = 1.0
+        elif lo < hi:
+            tau = trial.suggest_float("alloc:temperature", lo, hi)
+        else:
+            tau = lo
+        return self.family_keep(h, tau, strategy, strategy_params, plan, scores)
+
+    def family_keep(self, heuristic: str, tau: float, strategy: str, params: Mapping[str, Any],
+                    plan: BudgetPlan, scores: Mapping[str, torch.Tensor]) -> dict[str, int]:
+        """The heuristic's per-layer densities raised to ``tau``, projected onto the budget;
+        ``tau == 1`` is the heuristic's own allocation, unchanged."""
+        base = self.heuristic_keep(heuristic, strategy, params, plan, scores)
+        if tau == 1.0:
+            return base
+        dens = {lb.name: (max(base[lb.name], 1) / lb.units) ** tau for lb in plan.layers}
+        return plan.project(dens)
+
+    def heuristic_keep(self, heuristic: str, strategy: str, params: Mapping[str, Any],
+                       plan: BudgetPlan, scores: Mapping[str, torch.Tensor] | None) -> dict[str, int]:
+        """A heuristic's allocation, computed once per (heuristic, strategy, params)."""
+        key = (heuristic, strategy, plan.granularity, json.dumps(params, sort_keys=True, default=str))
+        if key not in self.heuristic_cache:
+            self.heuristic_cache[key] = plan.heuristic(heuristic, scores)
+        return dict(self.heuristic_cache[key])
+
+    # -- one trial ------------------------------------------------------------------------
+
     def _run(self, trial: optuna.Trial) -> Any:
-        heuristic = trial.user_attrs.get("heuristic")
+        phase = trial.user_attrs.get(record.PHASE, record.SCREEN)
+        study = trial.study
+        if phase == record.SCREEN and not self.multi_objective and study.user_attrs.get(record.FINALS_ENQUEUED):
+            # another worker closed the screening while this trial was being created
+            trial.set_user_attr(record.EPOCHS, 0)
+            trial.set_user_attr(record.STOP_REASON, "screening closed: the finalists are training")
+            raise optuna.TrialPruned("screening closed")
+        heuristic = trial.user_attrs.get(record.HEURISTIC)
         if len(self.strategies) > 1:
             strategy = trial.suggest_categorical("strategy", list(self.strategies))
         else:
@@ -200,20 +270,17 @@ class _Objective:
         strategy_params = plugins.suggest_strategy_params(strategy, trial)
         plan: BudgetPlan = self.plans[strat.granularity]
         scores = self.scores_for(strategy, strategy_params)
-        if heuristic:
-            keep = self.heuristic_keep(heuristic, strategy, strategy_params, plan, scores)
-            if self.space.allocation:  # the enqueued densities, so the sampler learns from seeds
-                for lb in plan.layers:
-                    trial.suggest_float(f"density:{lb.name}", DENSITY_LOW, 1.0, log=True)
-        elif self.space.allocation:
-            densities = {
-                lb.name: trial.suggest_float(f"density:{lb.name}", DENSITY_LOW, 1.0, log=True)
-                for lb in plan.layers
-            }
-            keep = plan.project(densities)
-        else:
-            raise SparsesearchError("allocation search is off and the trial has no heuristic")
+        keep = self.allocate(trial, plan, strategy, strategy_params, scores, heuristic)
         settings = self.space.suggest(trial)
+        settings["schedule"] = "gradual"
+        settings["prune_window"] = self.compute.prune_window
+        if phase == record.FINAL:
+            epochs = self.compute.final_epochs()
+            settings["epochs"] = epochs
+            settings["prune_steps"] = self.compute.prune_steps_for(epochs)
+            if self.compute.final_kd_weight > 0:
+                settings["kd_weight"] = self.compute.final_kd_weight
+                settings["kd_temperature"] = self.compute.final_kd_temperature
         expected = plan.params_for(keep)
         trial.set_constraint("budget", float(expected - plan.budget_params))
         sparsity = plan.to_sparsity(keep)
@@ -230,35 +297,45 @@ class _Objective:
             budget_params=plan.budget_params,
             total_params=plan.total_params,
         )
-        trial.set_user_attr("strategy", strategy)
-        trial.set_user_attr("heuristic", heuristic)
-        trial.set_user_attr("granularity", strat.granularity)
-        trial.set_user_attr("sparsity", {k: round(v, 8) for k, v in sparsity.items()})
+        attrs = {
+            record.PHASE: phase, record.STRATEGY: strategy, record.HEURISTIC: heuristic,
+            record.GRANULARITY: strat.granularity,
+            record.SPARSITY: {k: round(v, 8) for k, v in sparsity.items()},
+            record.RECIPE: recipe.to_dict(),
+        }
         if plan.metric == "params":
-            trial.set_user_attr("params", int(expected))
-        trial.set_user_attr("recipe", recipe.to_dict())
+            attrs[record.PARAMS] = int(expected)
+        record.trial_attrs(trial, attrs)
 
-        can_prune = not self.multi_objective and not heuristic
-
-        last: dict[str, float] = {}
+        screen = phase == record.SCREEN
+        max_epochs = settings["epochs"]
+        # screening: what is left of its share of the compute when this trial starts
+        left = (self.compute.screen_epochs - epochs_spent(study.get_trials(deepcopy=False), record.SCREEN)
+                if screen else math.inf)
+        done = [0]
 
         def on_epoch(epoch: int, acc: float) -> None:
-            last["acc"] = acc
+            done[0] = epoch + 1
             if not math.isfinite(acc):
                 raise SparsesearchError(f"validation accuracy is not finite at epoch {epoch}")
             if self.multi_objective:
+                if screen and done[0] < max_epochs and done[0] >= left:
+                    self._stop(trial, done[0], "compute budget spent")
                 return
-            trial.report(acc, epoch)
-            if can_prune and trial.should_prune():
-                trial.set_user_attr("pruned_at_epoch", epoch)
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} with val accuracy {acc:.4f}")
+            trial.report(acc, done[0])
+            if not screen or done[0] >= max_epochs:
+                return
+            if done[0] >= left:
+                self._stop(trial, done[0], "compute budget spent")
+            if trial.should_prune():
+                trial.set_user_attr(record.PRUNED_AT, done[0])
+                self._stop(trial, done[0], f"pruned at epoch {done[0]} with val accuracy {acc:.4f}")
 
         measured: dict[str, int] = {}
 
         def check_masked(masked: nn.Module, final: bool) -> None:
-            # count once, on the final masks and before their fine-tuning: training never
-            # un-prunes, so the count holds for the trained model too. Structured models are
-            # counted compacted, where channels tied by a residual addition may stay.
+            # count once, on the final masks: training never un-prunes, so the count holds
+            # for the trained model too. Structured models are counted compacted.
             if not final:
                 return
             measured["params"], measured["macs"] = self.measure(masked, strat.granularity)
@@ -271,47 +348,50 @@ class _Objective:
                        if strat.granularity == "channel" else "")
                 )
 
-        model = apply_recipe(
-            self.dense, recipe, self.splits, device=self.device,
-            scores=scores, teacher=self.teacher, on_epoch=on_epoch, on_masked=check_masked,
-        )
+        try:
+            out = replay(
+                self.dense, recipe, self.splits, device=self.device,
+                scores=scores, teacher=self.teacher, on_epoch=on_epoch, on_masked=check_masked,
+            )
+        except BaseException:
+            trial.set_user_attr(record.EPOCHS, done[0])
+            raise
+        model = out.model
         counted = measured["params"]
-        trial.set_user_attr("params", int(counted))
-        trial.set_user_attr("macs", int(measured["macs"]))
-        from sparsesearch.train import evaluate
-
-        # the last epoch's validation accuracy is of these very weights; evaluate only
-        # when no epoch ran
-        val = last["acc"] if "acc" in last else evaluate(model, self.splits.val, device=self.device)
+        # the last epoch's validation accuracy is of these very weights
+        val = out.history[-1] if out.history else evaluate(model, self.splits.val, device=self.device)
         if not math.isfinite(val):
             raise SparsesearchError("validation accuracy is not finite")
-        trial.set_user_attr("val_accuracy", val)
-        if self.keep_best and (self.best_value is None or val > self.best_value):
-            self.best_value = val
-            self.best_model = {trial.number: model}
+        val_loss = evaluate_loss(model, self.splits.val, device=self.device)
+        record.trial_attrs(trial, {
+            record.PARAMS: int(counted), record.MACS: int(measured["macs"]),
+            record.EPOCHS: int(out.epochs), record.VAL_ACCURACY: val,
+            record.VAL_LOSS: val_loss if math.isfinite(val_loss) else None,
+        })
+        self.keep_model(trial.number, phase, val, model)
         if self.multi_objective:
             return val, float(counted)
         return val
 
-    def heuristic_keep(self, heuristic: str, strategy: str, params: Mapping[str, Any],
-                       plan: BudgetPlan, scores: Mapping[str, torch.Tensor]) -> dict[str, int]:
-        """A heuristic's allocation, computed once per (heuristic, strategy, params)."""
-        cache = self.__dict__.setdefault("heuristic_cache", {})
-        key = (heuristic, strategy, plan.granularity, json.dumps(params, sort_keys=True, default=str))
-        if key not in cache:
-            cache[key] = plan.heuristic(heuristic, scores)
-        return dict(cache[key])
+    def _stop(self, trial: optuna.Trial, epochs: int, reason: str) -> None:
+        record.trial_attrs(trial, {record.EPOCHS: epochs, record.STOP_REASON: reason})
+        raise optuna.TrialPruned(reason)
+
+    def keep_model(self, number: int, phase: str, val: float, model: nn.Module) -> None:
+        """Trained models kept in memory: every finalist, and the best screening trial."""
+        if phase == record.FINAL:
+            self.models[number] = model
+        elif self.best_value is None or val > self.best_value:
+            for n in [n for n, m in self.models.items() if getattr(m, "_ss_phase", None) == record.SCREEN]:
+                del self.models[n]
+            model._ss_phase = record.SCREEN  # type: ignore[attr-defined]
+            self.best_value = val
+            self.models[number] = model
 
     def measure(self, model: nn.Module, granularity: str) -> tuple[int, int]:
         """Parameters counted against the budget, and MACs per sample. Structured models are
         counted compacted (a removed channel is credited with the downstream weights it
         kills); unstructured ones by their non-zero weights."""
-        import warnings
-
-        from sparsesearch.compact import compact
-        from sparsesearch.macs import count_macs
-        from sparsesearch.recipe import _example
-
         x = _example(self.splits, self.device)
         if granularity != "channel":
             return count_params(model).remaining, count_macs(model, x, nonzero=True)
@@ -335,40 +415,39 @@ class _Objective:
                     device=self.device, params=params,
                 )
 
-            score_dir = getattr(self, "score_dir", None)
-            if score_dir is None:
+            if self.score_dir is None:
                 self.score_cache[key] = compute()
             else:  # computed once per study, shared by its workers (file lock)
-                from sparsesearch.workers import cached_tensors
+                from sparsesearch.workers import cached_tensors  # workers sit above search
 
                 h = _fingerprint(self.score_key, key, self.seed, self.num_batches,
                                  self.space.batch_size, [lay.name for lay in layers])
                 safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in strategy)
-                self.score_cache[key] = cached_tensors(Path(score_dir) / f"scores-{safe}-{h}.pt", compute)
+                self.score_cache[key] = cached_tensors(Path(self.score_dir) / f"scores-{safe}-{h}.pt", compute)
         return self.score_cache[key]
 
 
 def _make_sampler(seed: int, n_startup: int, local_fraction: float) -> optuna.samplers.BaseSampler:
-    from sparsesearch.sampler import LocalTPESampler
-
     return LocalTPESampler(seed=seed, n_startup_trials=n_startup, local_fraction=local_fraction)
 
 
-def _make_pruner(pruner: str | optuna.pruners.BasePruner | None, n_seeds: int) -> optuna.pruners.BasePruner:
+def _make_pruner(pruner: str | optuna.pruners.BasePruner | None, n_seeds: int,
+                 compute: ComputeBudget, space: SearchSpace) -> optuna.pruners.BasePruner:
     if isinstance(pruner, optuna.pruners.BasePruner):
         return pruner
     if pruner in (None, "none"):
         return optuna.pruners.NopPruner()
+    if pruner == "halving":
+        epochs = space.epochs[1] if isinstance(space.epochs, tuple) else space.epochs
+        return compute.pruner(int(epochs))
     if pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=max(n_seeds, 5), n_warmup_steps=1)
     if pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1)
-    raise SparsesearchError(f"unknown pruner {pruner!r}; use 'median', 'hyperband' or 'none'")
+    raise SparsesearchError(f"unknown pruner {pruner!r}; use 'halving', 'median', 'hyperband' or 'none'")
 
 
 def _as_data(data: Any, seed: int, options: Mapping[str, Any] | None = None):
-    from sparsesearch.data import as_splits
-
     return as_splits(data, seed=seed, **dict(options or {}))
 
 
@@ -383,8 +462,6 @@ def _data_key(data: Any, options: Mapping[str, Any] | None) -> str:
 def _check_fits(model: nn.Module, splits: Any, device: torch.device) -> None:
     """One forward pass on two training samples: a model that does not fit the data is a
     user error (one line), found before any training."""
-    from sparsesearch.recipe import _example
-
     x = _example(splits, device)
     try:
         with torch.no_grad():
@@ -422,15 +499,11 @@ def prepare_dense_model(
     """The dense model and data splits exactly as :func:`search` prepares them (same seed,
     same dense cache under ``runs_dir/study_name``): ``(dense_model, splits)``. Used to
     replay stored trials (``sparsesearch export``)."""
-    from sparsesearch.train import resolve_device
-
     dense_settings = DenseSettings(**dense) if isinstance(dense, Mapping) else (dense or DenseSettings())
     torch_device = resolve_device(device)
     splits = _as_data(data, seed, data_options)
     net, built = _resolve_model(model, splits, model_kwargs or {}, seed)
     if checkpoint is not None:
-        from sparsesearch.models import load_checkpoint
-
         net = load_checkpoint(net, checkpoint)
         trained = True if trained is None else trained
     _check_fits(net, splits, torch_device)
@@ -449,8 +522,9 @@ def search(
     budget: int | float,
     *,
     strategies: Sequence[str] | str = ("magnitude",),
-    n_trials: int | None = 20,
+    n_trials: int | None = None,
     timeout: float | None = None,
+    compute: ComputeBudget | Mapping[str, Any] | float | None = None,
     storage: str | optuna.storages.BaseStorage | None = None,
     study_name: str = "sparsesearch",
     seed: int = 0,
@@ -458,7 +532,7 @@ def search(
     objective: str = "accuracy",
     device: str = "cpu",
     heuristics: Sequence[str] = HEURISTICS,
-    pruner: str | optuna.pruners.BasePruner | None = "median",
+    pruner: str | optuna.pruners.BasePruner | None = "halving",
     dense: DenseSettings | Mapping[str, Any] | None = None,
     trained: bool | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
@@ -475,7 +549,12 @@ def search(
     local_fraction: float = 0.5,
     budget_metric: str = "params",
 ) -> SearchResult:
-    """Search per-layer sparsity and retrain settings of ``model`` under ``budget``.
+    """Search per-layer sparsity and retrain settings of ``model`` under ``budget``, within a
+    fine-tuning compute budget (``compute``), and return the final model.
+
+    The study screens candidates cheaply (successive halving over fine-tuning epochs), then
+    retrains the best with the full regime (gradual pruning, long schedule) and chooses the
+    final model among them on validation (:mod:`sparsesearch.fidelity`).
 
     Args:
         model: an ``nn.Module`` (trained or not: a module at chance level on validation is
@@ -484,28 +563,28 @@ def search(
         budget: an int (maximum remaining parameters) or a float in (0, 1] (fraction of the
             model's parameters to keep), counted by :func:`sparsesearch.count_params`.
         strategies: strategy names searched over (a categorical dimension).
-        n_trials: trials to add in this call (a resumed study keeps its earlier trials).
-        max_complete: stop once the study holds this many COMPLETE trials (several workers).
+        compute: the study's fine-tuning compute: epochs (a number) or a
+            :class:`sparsesearch.ComputeBudget` / dict of its fields (default: 4 × the dense
+            training's epochs, 60% of it for the finalists).
+        n_trials: at most this many screening trials in this call (default: until the
+            screening share of ``compute`` is spent).
+        timeout: seconds of screening in this call (the finalists still train).
+        max_complete: stop screening once the study holds this many COMPLETE trials.
         storage: an Optuna storage URL, ``journal:PATH`` or storage object; default
-            ``sqlite:///runs/<study_name>/study.db`` (see :func:`sparsesearch.storage.make_storage`:
-            heartbeats, retries of an unreachable database).
+            ``sqlite:///runs/<study_name>/study.db``.
         objective: ``"accuracy"`` (maximise validation accuracy) or ``"pareto"`` (maximise
-            validation accuracy, minimise remaining parameters; no pruner).
+            validation accuracy, minimise remaining parameters; screening only, no pruner).
+        pruner: ``"halving"`` (successive halving over screening epochs, default),
+            ``"median"``, ``"hyperband"``, ``"none"`` or an Optuna pruner.
         space: a :class:`SearchSpace` or a dict of its fields.
-        budget_metric: ``"params"`` (default) or ``"macs"``: the budget counts
-            multiply-accumulates per sample of the Linear/Conv layers instead of parameters
-            (an int is a MAC count, a float the fraction of the dense model's MACs).
-        local_fraction: share of the trials after the seeds that perturb the best trial so
-            far instead of following TPE (0 = plain TPE).
-        data_options: keyword arguments of :func:`sparsesearch.data.load_dataset` for a named
-            dataset (``root``, ``val_fraction``, loader options); part of the dense cache key.
-        checkpoint: a trained state_dict file for ``model`` (loaded with ``weights_only=True``);
-            the model is then taken as trained unless ``trained=False``.
+        budget_metric: ``"params"`` (default) or ``"macs"`` (multiply-accumulates per sample).
+        local_fraction: share of the screening trials after the seeds that perturb the best
+            trial so far instead of following TPE (0 = plain TPE).
+        data_options: keyword arguments of :func:`sparsesearch.data.load_dataset`.
+        checkpoint: a trained state_dict file for ``model`` (loaded with ``weights_only=True``).
     Returns:
-        a :class:`SearchResult`; its test accuracy is measured for the best trial only.
+        a :class:`SearchResult`; its test accuracy is measured for the final model only.
     """
-    from sparsesearch.train import evaluate, resolve_device
-
     if objective not in ("accuracy", "pareto"):
         raise SparsesearchError(f"objective must be 'accuracy' or 'pareto', got {objective=}")
     if isinstance(strategies, str):
@@ -514,21 +593,24 @@ def search(
     if not strategies:
         raise SparsesearchError("strategies is empty: name at least one strategy")
     infos = [plugins.get_strategy(s) for s in strategies]  # unknown names fail here
+    heuristics = list(dict.fromkeys(heuristics))
     for h in heuristics:
         if h not in HEURISTICS:
             raise SparsesearchError(f"unknown heuristic {h!r}; known: {', '.join(HEURISTICS)}")
     space = SearchSpace.from_mapping(space)
-    if not space.allocation and not heuristics:
-        raise SparsesearchError("the search space is empty: allocation search is off and no heuristics are given")
-    if n_trials is None and timeout is None and max_complete is None:
-        raise SparsesearchError("give n_trials, timeout or max_complete, or the study never ends")
-    if n_trials is not None and n_trials < 0:
+    if space.allocation != "layers" and not heuristics:
+        raise SparsesearchError(
+            f"allocation {space.allocation!r} is built on the heuristics, and heuristics is empty: "
+            f"name at least one, or use allocation='layers'"
+        )
+    if n_trials is not None and (isinstance(n_trials, bool) or n_trials < 0):
         raise SparsesearchError(f"n_trials must be >= 0, got {n_trials=}")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise SparsesearchError(f"timeout must be a number of seconds > 0, got {timeout=}")
+    budget_compute = ComputeBudget.from_mapping(compute)
     dense_settings = DenseSettings(**dense) if isinstance(dense, Mapping) else (dense or DenseSettings())
     torch_device = resolve_device(device)
     if not isinstance(storage, optuna.storages.BaseStorage):  # None, a URL or journal:PATH
-        from sparsesearch.storage import make_storage
-
         # before any training: an unreachable database fails now, not after the dense model
         storage = make_storage(storage, study_name=study_name, runs_dir=runs_dir)
     run_dir = Path(runs_dir) / study_name
@@ -540,9 +622,12 @@ def search(
         study_name=study_name,
     )
     dense_model.eval()
+    dense_epochs = dense_settings.resolved_epochs(len(splits.train))
+    space = space.resolve(len(splits.train))
+    budget_compute = budget_compute.resolve(dense_epochs)
+    if objective == "pareto":
+        budget_compute = dataclasses.replace(budget_compute, finalists=0)
     layers = find_layers(dense_model, include=include, exclude=exclude)
-    from sparsesearch.recipe import _example
-
     example = _example(splits, torch_device)
     plans = {}
     for info in infos:
@@ -559,7 +644,7 @@ def search(
 
     directions = ["maximize", "minimize"] if objective == "pareto" else ["maximize"]
     seeds = [(h, sv) for h in heuristics for sv in space.seed_values()]
-    from sparsesearch.workers import create_study_once, setup_owner
+    from sparsesearch.workers import create_study_once, run_study, setup_owner  # workers sit above search
 
     created = create_study_once(storage, study_name, directions)  # one of several workers
     study = optuna.create_study(
@@ -567,7 +652,8 @@ def search(
         study_name=study_name,
         directions=directions,
         sampler=_make_sampler(seed, len(seeds), local_fraction),
-        pruner=_make_pruner(pruner, len(seeds)) if objective == "accuracy" else optuna.pruners.NopPruner(),
+        pruner=(_make_pruner(pruner, len(seeds), budget_compute, space)
+                if objective == "accuracy" else optuna.pruners.NopPruner()),
         load_if_exists=True,
     )
     settings = {
@@ -578,57 +664,135 @@ def search(
         "data": data if isinstance(data, str) else "(datasets)",
         "model": model if isinstance(model, str) else type(model).__name__,
     }
-    owner, existing = setup_owner(study, created)  # attributes and seeds are written once
-    budget_key = "budget_params" if budget_metric == "params" else "budget_macs"
+    budget_key = record.budget_key(budget_metric)
+    owner, existing = setup_owner(study, created, key=budget_key)  # attributes and seeds are written once
     if budget_key in existing and existing[budget_key] != budget_params:
         raise SparsesearchError(
             f"study {study_name!r} was created with {budget_key}={existing[budget_key]}, "
             f"not {budget_params}; use another study name"
         )
+    stored_compute = existing.get(record.COMPUTE)
+    if stored_compute is not None and stored_compute != budget_compute.to_dict():
+        diff = sorted(k for k, v in budget_compute.to_dict().items() if stored_compute.get(k) != v)
+        raise SparsesearchError(
+            f"study {study_name!r} was created with another compute budget ({', '.join(f'{k}={stored_compute.get(k)!r}' for k in diff)}); "
+            f"resume with the same compute, or use another study name"
+        )
     if owner:
         study.set_user_attr(budget_key, int(budget_params))
-        study.set_user_attr("budget_metric", budget_metric)
-        study.set_user_attr("total_params", int(total_params))
+        study.set_user_attr(record.BUDGET_METRIC, budget_metric)
+        study.set_user_attr(record.TOTAL_PARAMS, int(total_params))
         if budget_metric == "macs":
-            study.set_user_attr("total_macs", int(next(iter(plans.values())).total_params))
-        study.set_user_attr("settings", settings)
-        study.set_user_attr("dense_val_accuracy", float(dense_val))
-        study.set_user_attr("val_size", len(splits.val))
-        study.set_user_attr("format", "sparsesearch.study/1")
+            study.set_user_attr(record.TOTAL_MACS, int(next(iter(plans.values())).total_params))
+        study.set_user_attr(record.SETTINGS, settings)
+        study.set_user_attr(record.DENSE_VAL, float(dense_val))
+        study.set_user_attr(record.DENSE_EPOCHS, int(dense_epochs))
+        study.set_user_attr(record.VAL_SIZE, len(splits.val))
+        study.set_user_attr(record.COMPUTE, budget_compute.to_dict())
+        study.set_user_attr(record.FORMAT, record.STUDY_FORMAT)
 
     teacher = copy.deepcopy(dense_model).eval()
     obj = _Objective(
-        strategies=strategies, plans=plans, space=space, seed=seed, dense=dense_model,
+        strategies=strategies, plans=plans, space=space, compute=budget_compute,
+        heuristics=heuristics, seed=seed, dense=dense_model,
         splits=splits, device=torch_device, teacher=teacher, num_batches=num_batches,
-        multi_objective=objective == "pareto", score_cache={}, keep_best=True,
+        multi_objective=objective == "pareto",
         score_dir=run_dir if isinstance(data, str) else None,
         score_key=(data_key, _state_fingerprint(dense_model)),
     )
     if owner:
-        first = infos[0].strategy
-        plan = plans[first.granularity]
-        scores = obj.scores_for(first.name, {}) if any(h in ("global", "lamp") for h in heuristics) else None
-        for h, sv in seeds:
-            params = dict(sv)
-            if len(strategies) > 1:
-                params["strategy"] = strategies[0]
-            if space.allocation:
-                keep = obj.heuristic_keep(h, first.name, {}, plan, scores)
-                top = max(keep[lb.name] / lb.units for lb in plan.layers)
-                for lb in plan.layers:
-                    d = keep[lb.name] / lb.units / top
-                    params[f"density:{lb.name}"] = min(max(d, DENSITY_LOW), 1.0)
-            study.enqueue_trial(params, user_attrs={"heuristic": h}, skip_if_exists=False)
-        study.set_user_attr("seeds_enqueued", len(seeds))
+        _enqueue_seeds(study, obj, seeds, infos[0].strategy, plans)
     cbs: list[Callable] = list(callbacks)
     cbs.append(lambda s, t: _observe_trial(s, t))
+    stop = _BudgetStop(budget_compute)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are logged once, by us
-    from sparsesearch.workers import run_study  # max_complete: exact with several workers
 
-    run_study(study, obj, n_trials=n_trials, timeout=timeout, max_complete=max_complete,
-              callbacks=cbs, show_progress_bar=show_progress)
+    # 1. screening, until its share of the compute is spent (or n_trials / timeout)
+    trials = study.get_trials(deepcopy=False)
+    screen_left = budget_compute.screen_epochs - epochs_spent(trials, record.SCREEN)
+    closed = bool(study.user_attrs.get(record.FINALS_ENQUEUED))
+    if not closed and n_trials != 0 and screen_left >= 1:
+        run_study(study, obj, n_trials=n_trials, timeout=timeout, max_complete=max_complete,
+                  callbacks=[*cbs, stop], show_progress_bar=show_progress)
+    # 2. the finalists, retrained at full fidelity
+    if budget_compute.finalists and objective == "accuracy":
+        # every WAITING trial runs: left-over seeds stop at once ("screening closed")
+        waiting = _enqueue_finals(study, budget_compute, run_dir)
+        if waiting:
+            run_study(study, obj, n_trials=waiting, timeout=None, max_complete=None,
+                      callbacks=[*cbs, stop.record], show_progress_bar=show_progress)
+    study.set_user_attr(record.EPOCHS_TRAINED, epochs_spent(study.get_trials(deepcopy=False)))
     return _result(study, obj, dense_model, splits, torch_device, dense_val, budget_params,
                    total_params, evaluate_test=evaluate_test, objective=objective)
+
+
+def _enqueue_seeds(study: optuna.Study, obj: _Objective, seeds: Sequence[tuple[str, dict[str, Any]]],
+                   first: Any, plans: Mapping[str, BudgetPlan]) -> None:
+    """The heuristic seeds, first in the queue: in ``family`` mode each is ``alloc:heuristic``
+    at temperature 1, which is the heuristic's allocation exactly."""
+    space = obj.space
+    plan = plans[first.granularity]
+    needs_scores = space.allocation == "layers" and any(h in ("global", "lamp") for h, _ in seeds)
+    scores = obj.scores_for(first.name, {}) if needs_scores else None
+    for h, sv in seeds:
+        params = dict(sv)
+        if len(obj.strategies) > 1:
+            params["strategy"] = obj.strategies[0]
+        if space.allocation == "layers":
+            keep = obj.heuristic_keep(h, first.name, {}, plan, scores)
+            top = max(keep[lb.name] / lb.units for lb in plan.layers)
+            for lb in plan.layers:
+                d = keep[lb.name] / lb.units / top
+                params[f"density:{lb.name}"] = min(max(d, DENSITY_LOW), 1.0)
+        else:
+            if len(obj.heuristics) > 1:
+                params["alloc:heuristic"] = h
+            lo, hi = space.alloc_temperature
+            if space.allocation == "family" and lo < hi:
+                params["alloc:temperature"] = min(max(1.0, lo), hi)
+        study.enqueue_trial(params, user_attrs={record.HEURISTIC: h}, skip_if_exists=False)
+    study.set_user_attr(record.SEEDS_ENQUEUED, len(seeds))
+
+
+class _BudgetStop:
+    """Stops the screening once its share of the compute is spent (after each trial)."""
+
+    def __init__(self, compute: ComputeBudget) -> None:
+        self.compute = compute
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trials = self.record(study, trial)
+        if self.compute.screen_epochs - epochs_spent(trials, record.SCREEN) < 1:
+            study.stop()
+
+    @staticmethod
+    def record(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> list[optuna.trial.FrozenTrial]:
+        """Keep the study's ``epochs_trained`` current (after every trial)."""
+        trials = study.get_trials(deepcopy=False)
+        study.set_user_attr(record.EPOCHS_TRAINED, epochs_spent(trials))
+        return trials
+
+
+def _enqueue_finals(study: optuna.Study, compute: ComputeBudget, run_dir: Path) -> int:
+    """Enqueue the finalists once per study (file lock between local workers); return how
+    many finalists are still WAITING."""
+    from filelock import FileLock
+
+    with FileLock(str(run_dir / ".finals.lock")):
+        if not study.user_attrs.get(record.FINALS_ENQUEUED):
+            trials = study.get_trials(deepcopy=False)
+            chosen = screen_ranking(trials)[: compute.finalists]
+            for t in chosen:
+                study.enqueue_trial(dict(t.params), user_attrs={
+                    record.PHASE: record.FINAL, record.FINALIST_OF: t.number,
+                    record.HEURISTIC: t.user_attrs.get(record.HEURISTIC),
+                }, skip_if_exists=False)
+            study.set_user_attr(record.FINALS_ENQUEUED, [t.number for t in chosen])
+            if chosen:
+                log.info("finalists: trials %s retrained for %d epochs each",
+                         ", ".join(f"#{t.number}" for t in chosen), compute.final_epochs())
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    return len(waiting) if any(t.user_attrs.get(record.PHASE) == record.FINAL for t in waiting) else 0
 
 
 def _observe_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -637,48 +801,56 @@ def _observe_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    """The best COMPLETE trial: highest validation accuracy (fewest params, then lowest number
-    on ties). For pareto studies, the most accurate point of the front."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    """The study's chosen trial: the final model among the finalists (see
+    :func:`sparsesearch.fidelity.choose_final`) once they ran; otherwise the best COMPLETE
+    trial (highest validation accuracy, then fewest params, then lowest number). For pareto
+    studies, the most accurate point of the front."""
+    trials = study.get_trials(deepcopy=False)
+    final = choose_final(trials, int(study.user_attrs.get(record.VAL_SIZE, 0) or 0))
+    if final is not None:
+        return final
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise SparsesearchError(f"study {study.study_name!r} has no COMPLETE trial yet")
-    return max(complete, key=lambda t: (t.values[0], -t.user_attrs.get("params", 0), -t.number))
+    return max(complete, key=lambda t: (t.values[0], -t.user_attrs.get(record.PARAMS, 0), -t.number))
 
 
 def rebuild(study: optuna.Study, trial: optuna.trial.FrozenTrial, dense_model: nn.Module, splits: Any,
             device: torch.device) -> nn.Module:
     """Replay a stored trial's recipe from the dense model."""
-    recipe = Recipe.from_dict(trial.user_attrs["recipe"])
+    recipe = Recipe.from_dict(trial.user_attrs[record.RECIPE])
     return apply_recipe(dense_model, recipe, splits, device=device)
 
 
 def _result(study, obj, dense_model, splits, device, dense_val, budget_params, total_params,
             *, evaluate_test: bool, objective: str) -> SearchResult:
-    from sparsesearch.train import evaluate
-
     best = best_trial(study)
-    model = obj.best_model.get(best.number)
+    model = obj.models.get(best.number)
     if model is None:
         model = rebuild(study, best, dense_model, splits, device)
     model = make_permanent(model)
-    recipe = Recipe.from_dict(best.user_attrs["recipe"])
-    recipe = dataclasses.replace(recipe, params=int(best.user_attrs["params"]))
+    recipe = Recipe.from_dict(best.user_attrs[record.RECIPE])
+    recipe = dataclasses.replace(recipe, params=int(best.user_attrs[record.PARAMS]))
     test_acc = dense_test = None
+    if best.user_attrs.get(record.PHASE) == record.FINAL:
+        study.set_user_attr(record.FINAL_TRIAL, best.number)
     if evaluate_test and splits.test is not None:
         test_acc = evaluate(model, splits.test, device=device)
         dense_test = evaluate(dense_model, splits.test, device=device)
-        record = dict(study.user_attrs.get("test_accuracy", {}))
-        record[str(best.number)] = test_acc
-        study.set_user_attr("test_accuracy", record)
-        study.set_user_attr("best_trial", best.number)
-        study.set_user_attr("dense_test_accuracy", dense_test)
+        stored = dict(study.user_attrs.get(record.TEST_ACCURACY, {}))
+        stored[str(best.number)] = test_acc
+        study.set_user_attr(record.TEST_ACCURACY, stored)
+        study.set_user_attr(record.BEST_TRIAL, best.number)
+        study.set_user_attr(record.DENSE_TEST, dense_test)
     front = list(study.best_trials) if objective == "pareto" else []
     result = SearchResult(
         study=study, best_trial=best, model=model, recipe=recipe, dense_model=dense_model,
         val_accuracy=float(best.values[0]), test_accuracy=test_acc, dense_val_accuracy=dense_val,
-        dense_test_accuracy=dense_test, params=int(best.user_attrs["params"]),
+        dense_test_accuracy=dense_test, params=int(best.user_attrs[record.PARAMS]),
         total_params=total_params, budget_params=budget_params, pareto_front=front,
-        budget_metric=study.user_attrs.get("budget_metric", "params"),
+        budget_metric=study.user_attrs.get(record.BUDGET_METRIC, "params"),
+        epochs_trained=int(study.user_attrs.get(record.EPOCHS_TRAINED, 0)),
+        compute_budget=float(obj.compute.total),
     )
     for problem in plugins.call_observers("sparsesearch_study_end", study=study, result=result):
         log.warning("%s", problem)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from typing import Any, Mapping
 
 from sparsesearch.errors import SparsesearchError
@@ -16,6 +17,8 @@ from sparsesearch.errors import SparsesearchError
 __all__ = ["SearchSpace"]
 
 Range = tuple[float, float]
+
+ALLOCATION_MODES = ("family", "heuristics", "layers")
 
 
 def _closest(key: str, valid: list[str]) -> str:
@@ -29,27 +32,39 @@ class SearchSpace:
 
     Attributes:
         lr: fine-tuning learning rate, log scale.
-        epochs: fine-tuning epochs (int).
+        epochs: fine-tuning epochs of a screening trial (int; ``None``: at least 3 epochs and
+            64 optimizer steps, see :meth:`resolve`). Finalists train longer (the compute
+            budget decides).
         optimizer: ``"sgd"`` (with momentum) and/or ``"adamw"``; a list is a choice.
         weight_decay: log scale when a range with low > 0; ``0`` = off.
         prune_steps: 1 = one-shot; k = k rounds of prune + retrain.
         kd_weight: knowledge distillation weight from the dense model, 0 = off.
         kd_temperature: distillation temperature.
-        allocation: search per-layer sparsity (True) or only the heuristics' allocations.
+        allocation: how a trial chooses its per-layer sparsity. ``"family"`` (default, also
+            ``True``): a heuristic (``alloc:heuristic``, one of the study's heuristics) and a
+            temperature (``alloc:temperature`` τ): the heuristic's per-layer densities raised
+            to τ and projected onto the budget (τ = 0 is uniform, τ = 1 the heuristic
+            exactly, τ > 1 sharper). Two dimensions however deep the model. ``"heuristics"``
+            (also ``False``): the heuristic only (τ = 1). ``"layers"``: one free relative
+            density per layer (``density:NAME``), for shallow models.
+        alloc_temperature: the range of τ in ``"family"`` mode.
+        warmup: share of the optimizer steps with a linear learning-rate warm-up.
         min_sparsity / max_sparsity: per-layer limits every allocation respects.
         batch_size: fine-tuning batch size (fixed).
-        heuristic_lrs: learning rates each heuristic seed is enqueued at (default: 3 rates
-            spread over the ``lr`` range, or the fixed ``lr``).
+        heuristic_lrs: learning rates each heuristic seed is enqueued at (default: the
+            geometric middle of the ``lr`` range, or the fixed ``lr``).
     """
 
-    lr: float | Range = (0.005, 0.2)
-    epochs: int | tuple[int, int] = 3
-    optimizer: str | tuple[str, ...] = "sgd"
+    lr: float | Range = (3e-4, 1e-2)
+    epochs: int | tuple[int, int] | None = None
+    optimizer: str | tuple[str, ...] = "adamw"
     weight_decay: float | Range = 0.0
     prune_steps: int | tuple[int, int] = 1
     kd_weight: float | Range = 0.0
     kd_temperature: float | Range = 4.0
-    allocation: bool = True
+    allocation: bool | str = "family"
+    alloc_temperature: Range = (0.0, 2.0)
+    warmup: float = 0.05
     min_sparsity: float = 0.0
     max_sparsity: float = 0.999
     batch_size: int = 128
@@ -68,13 +83,21 @@ class SearchSpace:
                 raise SparsesearchError(f"unknown search space key {key!r}{_closest(key, valid)}")
             if isinstance(value, list):
                 value = tuple(value)
-            if isinstance(value, tuple) and len(value) == 1 and key != "heuristic_lrs":
+            if isinstance(value, tuple) and len(value) == 1 and key not in ("heuristic_lrs", "alloc_temperature"):
                 value = value[0]
             kwargs[key] = value
         return cls(**kwargs)
 
+    def resolve(self, n_train: int) -> "SearchSpace":
+        """This space with ``epochs`` filled in for a training split of ``n_train`` samples."""
+        if self.epochs is not None:
+            return self
+        steps = max(1, math.ceil(n_train / self.batch_size))
+        return dataclasses.replace(self, epochs=max(3, math.ceil(64 / steps)))
+
     def __post_init__(self) -> None:
-        for name in ("lr", "epochs", "weight_decay", "prune_steps", "kd_weight", "kd_temperature"):
+        dims = ("lr", "epochs", "weight_decay", "prune_steps", "kd_weight", "kd_temperature")
+        for name in [d for d in dims if not (d == "epochs" and self.epochs is None)]:
             value = getattr(self, name)
             if isinstance(value, tuple):
                 if len(value) != 2 or not all(isinstance(v, (int, float)) for v in value):
@@ -87,7 +110,7 @@ class SearchSpace:
         for name, lo_ok in (("lr", lambda v: v > 0), ("epochs", lambda v: v >= 0),
                             ("weight_decay", lambda v: v >= 0), ("prune_steps", lambda v: v >= 1),
                             ("kd_weight", lambda v: 0 <= v <= 1), ("kd_temperature", lambda v: v > 0)):
-            for v in self._values(name):
+            for v in (self._values(name) if getattr(self, name) is not None else ()):
                 if not lo_ok(v):
                     raise SparsesearchError(f"search space {name} out of range: {name}={getattr(self, name)!r}")
         for opt in self.optimizers:
@@ -98,6 +121,22 @@ class SearchSpace:
                 f"need 0 <= min_sparsity <= max_sparsity < 1, got "
                 f"min_sparsity={self.min_sparsity!r}, max_sparsity={self.max_sparsity!r}"
             )
+        mode = {True: "family", False: "heuristics"}.get(self.allocation, self.allocation)  # type: ignore[call-overload]
+        if mode not in ALLOCATION_MODES:
+            raise SparsesearchError(
+                f"allocation must be one of {', '.join(ALLOCATION_MODES)} (or true/false), "
+                f"got allocation={self.allocation!r}"
+            )
+        object.__setattr__(self, "allocation", mode)
+        t = self.alloc_temperature
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            t = (float(t), float(t))
+        if not (isinstance(t, tuple) and len(t) == 2 and all(isinstance(v, (int, float)) for v in t)
+                and 0 <= t[0] <= t[1]):
+            raise SparsesearchError(f"alloc_temperature must be [low, high] with 0 <= low <= high, got {t!r}")
+        object.__setattr__(self, "alloc_temperature", (float(t[0]), float(t[1])))
+        if not 0.0 <= self.warmup < 1.0:
+            raise SparsesearchError(f"warmup must be in [0, 1), got warmup={self.warmup!r}")
         if self.batch_size < 1:
             raise SparsesearchError(f"batch_size must be >= 1, got batch_size={self.batch_size!r}")
 
@@ -138,6 +177,7 @@ class SearchSpace:
             if self.is_searched("optimizer") else self.optimizers[0]
         )
         out["batch_size"] = self.batch_size
+        out["warmup"] = self.warmup
         return out
 
     def seed_values(self) -> list[dict[str, Any]]:
@@ -155,8 +195,7 @@ class SearchSpace:
             lrs = list(self.heuristic_lrs)
         elif self.is_searched("lr"):
             lo, hi = self.lr  # type: ignore[misc]
-            n = 3
-            lrs = [lo * (hi / lo) ** ((i + 0.5) / n) for i in range(n)]
+            lrs = [lo * (hi / lo) ** 0.75]  # one rate, upper part of the range: short screens need it
         else:
             lrs = [None]
         out = []

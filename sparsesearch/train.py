@@ -22,6 +22,7 @@ __all__ = [
     "FitResult",
     "NonFiniteLossError",
     "evaluate",
+    "evaluate_loss",
     "fit",
     "iterate_batches",
     "resolve_device",
@@ -139,6 +140,28 @@ def evaluate(
     return float(correct.item()) / total
 
 
+def evaluate_loss(
+    model: nn.Module, dataset: Dataset, *, batch_size: int = 1024, device: str | torch.device = "cpu",
+) -> float:
+    """Mean cross-entropy of ``model`` on ``dataset`` (eval mode, no grad; mode restored)."""
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ValueError("cannot evaluate on an empty dataset")
+    device = resolve_device(device)
+    model.to(device)
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    n = 0
+    try:
+        with torch.no_grad():
+            for x, y in iterate_batches(_on(dataset, device), batch_size, shuffle=False, device=device):
+                total += F.cross_entropy(model(x), y, reduction="sum").double()
+                n += len(y)
+    finally:
+        model.train(was_training)
+    return float(total.item()) / n
+
+
 def _check_fit_args(
     *, epochs, lr, optimizer, weight_decay, momentum, batch_size, kd_weight, kd_temperature,
     teacher, lr_schedule, train_data,
@@ -196,11 +219,15 @@ def fit(
     kd_temperature: float = 4.0,
     after_step: Callable[[], None] | None = None,
     lr_schedule: str = "cosine",
+    warmup: float = 0.0,
+    before_epoch: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Train ``model`` in place with cross-entropy (plus distillation from ``teacher``).
 
     ``optimizer``: ``"sgd"`` (momentum, not Nesterov) or ``"adamw"``; the learning rate
-    follows ``lr_schedule`` per step (``"cosine"`` to zero over all steps, or ``"constant"``).
+    follows ``lr_schedule`` per step (``"cosine"`` to zero over all steps, or ``"constant"``),
+    after a linear warm-up over the first ``warmup`` share of the steps (0 = none).
+    ``before_epoch(epoch)`` runs before each epoch (e.g. to prune gradually within one schedule).
     With ``kd_weight`` w > 0 the loss is ``(1-w)·CE + w·T²·KL(teacher_T ‖ student_T)``, the
     teacher in eval mode without gradients. ``after_step()`` runs after every optimizer step
     (e.g. to re-apply masks). With ``val_data``, ``on_epoch(epoch, val_accuracy)`` runs after
@@ -212,6 +239,8 @@ def fit(
         batch_size=batch_size, kd_weight=kd_weight, kd_temperature=kd_temperature,
         teacher=teacher, lr_schedule=lr_schedule, train_data=train_data,
     )
+    if not 0.0 <= warmup < 1.0:
+        raise ValueError(f"warmup must be in [0, 1), got {warmup=}")
     device = resolve_device(device)
     model.to(device)
     train_data, val_data = _on(train_data, device), _on(val_data, device)
@@ -226,12 +255,17 @@ def fit(
     else:
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     total_steps = max(1, epochs * math.ceil(len(train_data) / batch_size))
-    if lr_schedule == "cosine":
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
-        )
-    else:
-        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    warm = int(warmup * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        if lr_schedule == "constant":
+            return 1.0
+        t = min(step - warm, total_steps - warm) / max(total_steps - warm, 1)
+        return 0.5 * (1 + math.cos(math.pi * t))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
     history: list[float] = []
     train_loss: float | None = None
@@ -245,6 +279,8 @@ def fit(
         torch.manual_seed(seed)
         try:
             for epoch in range(epochs):
+                if before_epoch is not None:
+                    before_epoch(epoch)
                 model.train()
                 if distil:
                     teacher.eval()

@@ -1,0 +1,200 @@
+"""The compute budget of a study and how it is spent: cheap screening, then full fidelity.
+
+A study has two budgets: the parameter (or MAC) budget every trial meets, and a *compute*
+budget: fine-tuning epochs over the training split, summed over every trial of the study,
+finalists included (the dense model's training is counted apart, in ``dense_epochs``).
+
+The compute is spent in two phases:
+
+1. **Screening** (``1 - final_share`` of the budget): trials of ``space.epochs`` one-shot
+   epochs each, pruned by successive halving (Optuna's ``SuccessiveHalvingPruner``: rungs at
+   ``min_resource · reduction_factor^k`` epochs), so most candidates cost one epoch and only the
+   promising reach the full screening length. Screening stops when its share is spent; a trial
+   that would overrun it is stopped (PRUNED, reason "compute budget spent").
+2. **Finalists** (``final_share``): the ``finalists`` best COMPLETE screening trials are
+   retrained from the dense model with the full regime: ``final_share · budget / finalists``
+   epochs each, gradual pruning (Zhu & Gupta, ``final_prune_steps`` events over the first
+   ``prune_window`` of the epochs, one warm-up + cosine schedule) and optional distillation.
+   The final model is chosen among them on validation (see :func:`choose_final`).
+
+Every trial records the epochs it trained (user attribute ``epochs``); the study the total
+(``epochs_trained``). With one worker the total never exceeds the budget; with several, each
+worker may overrun it by at most the epoch in flight when another worker spent the last of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sparsesearch import record
+from sparsesearch.errors import SparsesearchError
+
+__all__ = ["ComputeBudget", "auto_dense_epochs", "choose_final", "epochs_spent", "standard_error"]
+
+MIN_DENSE_STEPS = 300  # optimizer steps the automatic dense training takes at least
+DENSE_EPOCHS_MIN = 15
+COMPUTE_PER_DENSE = 4  # the automatic compute budget: 4 × the dense model's epochs
+
+
+def auto_dense_epochs(n_train: int, batch_size: int) -> int:
+    """Dense epochs when not given: at least 15, and at least 300 optimizer steps (a small
+    tabular set gets more epochs than MNIST, which gets more than CIFAR)."""
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    return max(DENSE_EPOCHS_MIN, math.ceil(MIN_DENSE_STEPS / steps_per_epoch))
+
+
+@dataclasses.dataclass(frozen=True)
+class ComputeBudget:
+    """Fine-tuning compute of a study, in epochs over the training split.
+
+    Attributes:
+        epochs: the whole study's fine-tuning epochs (screening + finalists); ``None`` =
+            4 × the dense training's epochs (:func:`auto_dense_epochs` when the model comes
+            trained).
+        final_share: share of ``epochs`` reserved for the finalists (0 = screening only).
+        finalists: how many screening trials are retrained at full fidelity.
+        final_prune_steps: prune events of a finalist (``None``: one per 4 epochs, 2…8).
+        final_kd_weight / final_kd_temperature: distillation from the dense model in the
+            finalists' training (0 = off).
+        prune_window: share of a finalist's epochs over which its prune events are spread.
+        reduction_factor / min_resource: successive halving of the screening trials (epochs).
+    """
+
+    epochs: float | None = None
+    final_share: float = 0.6
+    finalists: int = 1
+    final_prune_steps: int | None = None
+    final_kd_weight: float = 0.0
+    final_kd_temperature: float = 4.0
+    prune_window: float = 0.5
+    reduction_factor: int = 3
+    min_resource: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs is not None and not (isinstance(self.epochs, (int, float))
+                                            and not isinstance(self.epochs, bool)
+                                            and math.isfinite(self.epochs) and self.epochs > 0):
+            raise SparsesearchError(f"compute epochs must be a number > 0, got epochs={self.epochs!r}")
+        if not 0.0 <= self.final_share < 1.0:
+            raise SparsesearchError(f"final_share must be in [0, 1), got final_share={self.final_share!r}")
+        if isinstance(self.finalists, bool) or not isinstance(self.finalists, int) or self.finalists < 0:
+            raise SparsesearchError(f"finalists must be an int >= 0, got finalists={self.finalists!r}")
+        if self.final_prune_steps is not None and self.final_prune_steps < 1:
+            raise SparsesearchError(f"final_prune_steps must be >= 1, got {self.final_prune_steps=}")
+        if not 0.0 <= self.final_kd_weight <= 1.0:
+            raise SparsesearchError(f"final_kd_weight must be in [0, 1], got {self.final_kd_weight=}")
+        if not self.final_kd_temperature > 0:
+            raise SparsesearchError(f"final_kd_temperature must be > 0, got {self.final_kd_temperature=}")
+        if not 0.0 < self.prune_window <= 1.0:
+            raise SparsesearchError(f"prune_window must be in (0, 1], got {self.prune_window=}")
+        if self.reduction_factor < 2:
+            raise SparsesearchError(f"reduction_factor must be >= 2, got {self.reduction_factor=}")
+        if self.min_resource is not None and self.min_resource < 1:
+            raise SparsesearchError(f"min_resource must be >= 1, got {self.min_resource=}")
+
+    @classmethod
+    def from_mapping(cls, value: "ComputeBudget | Mapping[str, Any] | float | None") -> "ComputeBudget":
+        if value is None:
+            return cls()
+        if isinstance(value, ComputeBudget):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return cls(epochs=value)
+        if isinstance(value, Mapping):
+            valid = [f.name for f in dataclasses.fields(cls)]
+            for key in value:
+                if key not in valid:
+                    from difflib import get_close_matches
+
+                    m = get_close_matches(key, valid, n=1)
+                    hint = f"; did you mean {m[0]!r}?" if m else f"; valid keys: {', '.join(valid)}"
+                    raise SparsesearchError(f"unknown compute key {key!r}{hint}")
+            return cls(**value)
+        raise SparsesearchError(f"compute must be a number of epochs or a table, got {value!r}")
+
+    def resolve(self, dense_epochs: int) -> "ComputeBudget":
+        """This budget with ``epochs`` filled in."""
+        if self.epochs is not None:
+            return self
+        return dataclasses.replace(self, epochs=float(COMPUTE_PER_DENSE * max(dense_epochs, 1)))
+
+    @property
+    def total(self) -> float:
+        if self.epochs is None:
+            raise SparsesearchError("the compute budget is not resolved yet")
+        return float(self.epochs)
+
+    @property
+    def screen_epochs(self) -> float:
+        """Epochs the screening may spend."""
+        return self.total * (1.0 - self.final_share) if self.finalists else self.total
+
+    def final_epochs(self) -> int:
+        """Epochs of each finalist's training (0 without finalists)."""
+        if not self.finalists or not self.final_share:
+            return 0
+        return int(math.floor(self.total * self.final_share / self.finalists))
+
+    def prune_steps_for(self, epochs: int) -> int:
+        if self.final_prune_steps is not None:
+            return self.final_prune_steps
+        return int(min(8, max(2, epochs // 4))) if epochs >= 4 else 1
+
+    def first_rung(self, max_epochs: int) -> int:
+        """Epochs of the first successive-halving rung (``min_resource``; default: the
+        screening length divided by ``reduction_factor²``, at least 1)."""
+        if self.min_resource is not None:
+            return self.min_resource
+        return max(1, round(max_epochs / self.reduction_factor**2))
+
+    def pruner(self, max_epochs: int) -> optuna.pruners.BasePruner:
+        """Successive halving over screening epochs (no pruning when a trial is one rung)."""
+        first = self.first_rung(max_epochs)
+        if max_epochs <= first:
+            return optuna.pruners.NopPruner()
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=first, reduction_factor=self.reduction_factor,
+            min_early_stopping_rate=0,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def epochs_spent(trials: Sequence[FrozenTrial], phase: str | None = None) -> int:
+    """Fine-tuning epochs recorded by ``trials`` (of one phase, or all)."""
+    return sum(
+        int(t.user_attrs.get(record.EPOCHS, 0)) for t in trials
+        if phase is None or t.user_attrs.get(record.PHASE, record.SCREEN) == phase
+    )
+
+
+def standard_error(accuracy: float, n: int) -> float:
+    """Binomial standard error of an accuracy measured on ``n`` samples."""
+    return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / max(n, 1))
+
+
+def choose_final(trials: Sequence[FrozenTrial], val_size: int) -> FrozenTrial | None:
+    """The final model among COMPLETE finalists: the highest validation accuracy; finalists
+    within one standard error of it are compared on validation loss (lower wins), then on
+    accuracy, then on trial number. ``None`` when no finalist completed."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE
+            and t.user_attrs.get(record.PHASE) == record.FINAL and t.values]
+    if not done:
+        return None
+    best = max(t.values[0] for t in done)
+    se = standard_error(best, val_size)
+    close = [t for t in done if t.values[0] >= best - se]
+    return min(close, key=lambda t: (t.user_attrs.get(record.VAL_LOSS, math.inf), -t.values[0], t.number))
+
+
+def screen_ranking(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """COMPLETE screening trials, best first (validation accuracy, then loss, then number)."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values
+            and t.user_attrs.get(record.PHASE, record.SCREEN) == record.SCREEN]
+    return sorted(done, key=lambda t: (-t.values[0], t.user_attrs.get(record.VAL_LOSS, math.inf), t.number))
