@@ -3,6 +3,7 @@ clear load errors, duplicate names, and SPARSESEARCH_DISABLE_PLUGINS."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import sys
 import textwrap
 from pathlib import Path
@@ -212,3 +213,190 @@ def test_register_plugin_at_run_time():
     sparsesearch.prune(layer, "ones-at-runtime", 0.5)
     # all ties: lowest flat indices go first
     assert (layer.weight.detach().flatten() == 0).tolist() == [True, True, True, False, False, False]
+
+
+# --------------------------------------------------------------------------- the plugin manager
+
+
+def test_the_plugin_manager_is_a_pluggy_manager_that_knows_where_plugins_come_from():
+    import pluggy
+
+    pm = plugins.get_plugin_manager()
+    assert isinstance(pm, plugins.SparsesearchPluginManager)
+    assert isinstance(pm, pluggy.PluginManager)
+    source = pm.source("magnitude")
+    assert (source.plugin, source.distribution) == ("magnitude", "sparsesearch")
+    assert source.version == importlib.metadata.version("sparsesearch")
+    assert str(source) == f"plugin 'magnitude' (distribution sparsesearch {source.version})"
+    assert plugins.get_strategy("magnitude").version == source.version
+    plugins.register_plugin(type("Nothing", (), {})(), name="nothing")
+    assert pm.source("nothing").describe() == "registered at run time"
+    pm.unregister(name="nothing")
+    assert "nothing" not in pm.sources
+
+
+class _Counting:
+    """Registers one dataset and one model, and counts how often pluggy calls it."""
+
+    def __init__(self):
+        self.calls = {"datasets": 0, "models": 0}
+
+    @sparsesearch.hookimpl
+    def sparsesearch_register_datasets(self, register):
+        self.calls["datasets"] += 1
+        register("counted-data", lambda seed=0: None)
+
+    @sparsesearch.hookimpl
+    def sparsesearch_register_models(self, register):
+        self.calls["models"] += 1
+        register("counted-model", lambda **kw: nn.Linear(2, 2))
+
+
+def test_register_hooks_are_called_once_and_again_after_a_new_plugin():
+    from sparsesearch.data import list_datasets
+    from sparsesearch.models import build_model, list_models
+
+    counting = _Counting()
+    plugins.register_plugin(counting, name="counting")
+    for _ in range(3):
+        assert "counted-data" in list_datasets()
+        assert "counted-model" in list_models()
+        assert isinstance(build_model("counted-model"), nn.Linear)
+    assert counting.calls == {"datasets": 1, "models": 1}
+    # a plugin registered later is seen: the cache is dropped, every plugin is asked again
+    plugins.register_plugin(type("Late", (), {})(), name="late")
+    assert "counted-model" in list_models()
+    assert counting.calls["models"] == 2
+
+
+def test_a_raising_register_hook_names_plugin_and_distribution(monkeypatch, tmp_path):
+    raising = """
+        import sparsesearch
+
+        @sparsesearch.hookimpl
+        def sparsesearch_register_models(register):
+            raise RuntimeError("no GPU here")
+    """
+    install(monkeypatch, tmp_path, "raising-dist", {"raiser": "ssplug_raiser"}, {"ssplug_raiser": raising})
+    from sparsesearch.models import list_models
+
+    with pytest.raises(PluginError) as err:
+        list_models()
+    assert str(err.value) == (
+        "plugin 'raiser' (distribution raising-dist 0.1) raised in sparsesearch_register_models: "
+        "RuntimeError: no GPU here"
+    )
+    assert isinstance(err.value.__cause__, RuntimeError)
+
+
+class _Observer:
+    def __init__(self, log, label, fail=False):
+        self.log, self.label, self.fail = log, label, fail
+
+    def _observe(self, trial):
+        self.log.append((self.label, trial))
+        if self.fail:
+            raise ValueError(f"{self.label} is broken")
+
+
+def _observer(log, label, *, fail=False, **opts):
+    class Plugin(_Observer):
+        @sparsesearch.hookimpl(**opts)
+        def sparsesearch_trial_end(self, trial):
+            self._observe(trial)
+
+    return Plugin(log, label, fail)
+
+
+def test_observers_run_in_pluggys_order_and_a_failure_names_its_plugin():
+    log: list = []
+    # registration order a, first, b, last: pluggy calls tryfirst, then later-registered first,
+    # then trylast
+    plugins.register_plugin(_observer(log, "a"), name="obs-a")
+    plugins.register_plugin(_observer(log, "last", trylast=True), name="obs-last")
+    plugins.register_plugin(_observer(log, "b", fail=True), name="obs-b")
+    plugins.register_plugin(_observer(log, "first", tryfirst=True), name="obs-first")
+    problems = plugins.call_observers("sparsesearch_trial_end", study="S", trial="T")
+    assert [label for label, _ in log] == ["first", "b", "a", "last"]
+    assert all(trial == "T" for _, trial in log)
+    # the raising observer is reported, by name, and did not stop the ones after it
+    assert problems == [
+        "plugin 'obs-b' (registered at run time) raised in sparsesearch_trial_end: "
+        "ValueError: b is broken"
+    ]
+
+
+def test_a_wrapper_observer_wraps_the_others():
+    log: list = []
+
+    class Timing:
+        @sparsesearch.hookimpl(wrapper=True)
+        def sparsesearch_study_end(self, study, result):
+            log.append("before")
+            outcome = yield
+            log.append(("after", outcome))
+            return outcome
+
+    class Plain:
+        @sparsesearch.hookimpl
+        def sparsesearch_study_end(self, result):
+            log.append(("plain", result))
+            return "seen"
+
+    plugins.register_plugin(Timing(), name="timing")
+    plugins.register_plugin(Plain(), name="plain")
+    assert plugins.call_observers("sparsesearch_study_end", study="S", result="R") == []
+    assert log == ["before", ("plain", "R"), ("after", ["seen"])]
+
+
+def test_a_raising_wrapper_is_reported_too():
+    class Broken:
+        @sparsesearch.hookimpl(wrapper=True)
+        def sparsesearch_trial_end(self, trial):
+            yield
+            raise RuntimeError("wrapper bug")
+
+    plugins.register_plugin(Broken(), name="broken-wrapper")
+    assert plugins.call_observers("sparsesearch_trial_end", study="S", trial="T") == [
+        "plugin 'broken-wrapper' (registered at run time) raised in sparsesearch_trial_end: "
+        "RuntimeError: wrapper bug"
+    ]
+
+
+def test_suggest_params_failures_name_the_plugin():
+    import optuna
+
+    class Raising:
+        @sparsesearch.hookimpl
+        def sparsesearch_suggest_params(self, strategy, trial):
+            return {"x": 1}[strategy]
+
+    class Merged:
+        @sparsesearch.hookimpl(tryfirst=True)
+        def sparsesearch_suggest_params(self, strategy):
+            return {"merged.p": 2} if strategy == "magnitude" else None
+
+    plugins.register_plugin(Merged(), name="merged")
+    trial = optuna.create_study().ask()
+    assert plugins.suggest_strategy_params("magnitude", trial) == {"merged.p": 2}
+    plugins.register_plugin(Raising(), name="raising")
+    with pytest.raises(StrategyError) as err:
+        plugins.suggest_strategy_params("magnitude", trial)
+    assert str(err.value) == (
+        "plugin 'raising' (registered at run time) failed in sparsesearch_suggest_params for "
+        "strategy 'magnitude': KeyError: 'magnitude'"
+    )
+    assert isinstance(err.value, PluginError) and isinstance(err.value.__cause__, KeyError)
+
+
+def test_suggest_params_must_answer_a_dict():
+    import optuna
+
+    class Listing:
+        @sparsesearch.hookimpl
+        def sparsesearch_suggest_params(self, strategy, trial):
+            return [("p", 1)]
+
+    plugins.register_plugin(Listing(), name="listing")
+    with pytest.raises(StrategyError, match="plugin 'listing' .*returned list"):
+        plugins.suggest_strategy_params("magnitude", optuna.create_study().ask())
