@@ -231,7 +231,7 @@ def prune(
         batch_size=batch_size, device=device, params=params,
     )
     if scope == "global":
-        amounts = global_amounts(layers, scores, float(sparsity), strat.granularity)
+        amounts = global_amounts(layers, scores, float(sparsity), strat.granularity, groups=graph)
     apply_sparsity(layers, scores, amounts, strat.granularity, groups=graph)
     if strat.granularity == "channel":
         from sparsesearch.compact import dependent_masks
@@ -243,9 +243,15 @@ def prune(
 
 
 def global_amounts(
-    layers: Sequence[Layer], scores: Mapping[str, torch.Tensor], sparsity: float, granularity: str
+    layers: Sequence[Layer], scores: Mapping[str, torch.Tensor], sparsity: float, granularity: str,
+    *, groups: Any = None, group_score: str = "sum",
 ) -> dict[str, float]:
-    """Per-layer amounts of one global threshold removing ``sparsity`` of all prunable units."""
+    """Per-layer amounts of one global threshold removing ``sparsity`` of all prunable units.
+
+    Channel granularity ranks dependency-group channels by their group score (tied layers
+    get the same amount; a group channel counts as all the channels it removes) and stops
+    before the removed channels exceed ``round(sparsity × channels)``.
+    """
     if not 0.0 <= sparsity < 1.0:
         raise SparsesearchError(f"sparsity must be in [0, 1), got {sparsity=}")
     eligible = [
@@ -254,15 +260,39 @@ def global_amounts(
     amounts = {layer.name: 0.0 for layer in layers}
     if not eligible:
         return amounts
-    flat = [scores[layer.name].flatten().to(torch.float64) for layer in eligible]
-    total = sum(f.numel() for f in flat)
-    k = int(round(sparsity * total))
-    all_scores = torch.cat(flat)
-    owner = torch.cat([torch.full((f.numel(),), i) for i, f in enumerate(flat)])
-    order = torch.argsort(all_scores, stable=True)
-    counts = torch.bincount(owner[order[:k]], minlength=len(eligible))
-    for i, layer in enumerate(eligible):
-        n = flat[i].numel()
-        amounts[layer.name] = min(int(counts[i]), n - 1) / n
-    return amounts
+    found, tied = ([], set())
+    if granularity == "channel":
+        from sparsesearch.compact import group_scores as _group_scores
 
+        found, tied = _channel_groups(layers, groups)
+        found = [g for g in found if all(n in {l.name for l in eligible} for n in g.members)]
+        tied = {n for g in found for n in g.members}
+    single = [layer for layer in eligible if layer.name not in tied]
+    units: list[torch.Tensor] = []  # per ranked unit: (score, owner index, channels it removes)
+    owners: list[tuple[str, ...]] = []
+    weights: list[int] = []
+    for layer in single:
+        units.append(scores[layer.name].flatten().to(torch.float64))
+        owners.append((layer.name,))
+        weights.append(1)
+    for g in found:
+        units.append(_group_scores(g, scores, group_score))
+        owners.append(tuple(g.members))
+        weights.append(sum(int(r.shape[1]) for r in g.members.values()))
+    total = sum(u.numel() * w for u, w in zip(units, weights))
+    k = int(round(sparsity * total))
+    all_scores = torch.cat(units)
+    owner = torch.cat([torch.full((u.numel(),), i) for i, u in enumerate(units)])
+    order = torch.argsort(all_scores, stable=True)
+    if all(w == 1 for w in weights):
+        taken = order[:k]
+    else:
+        cost = torch.tensor(weights, dtype=torch.long)[owner[order]]
+        taken = order[torch.cumsum(cost, 0) <= k]
+    counts = torch.bincount(owner[taken], minlength=len(units))
+    for i, u in enumerate(units):
+        n = u.numel()
+        frac = min(int(counts[i]), n - 1) / n
+        for name in owners[i]:
+            amounts[name] = frac
+    return amounts

@@ -318,3 +318,17 @@ def test_network_slimming_on_a_residual_network_prunes_streams_together():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not compact(model, example_input=x).tied
+
+
+def test_global_scope_prunes_groups_together():
+    model, x = _model("cifar-resnet")
+    sparsesearch.prune(model, "l1-filter", 0.4, scope="global", example_input=x)
+    mods = dict(model.named_modules())
+    graph = graph_of(mods["conv1"])
+    for g in graph.groups:
+        masks = [(get_mask(mods[n]) == 0).flatten(1).all(1) for n in g.layers]
+        assert all(torch.equal(m, masks[0]) for m in masks), g.layers
+    layers = find_layers(model)
+    pruned = sum(int((get_mask(l.module) == 0).flatten(1).all(1).sum()) for l in layers)
+    channels = sum(l.out_channels for l in layers if not l.is_output)
+    assert 0.35 * channels <= pruned <= 0.4 * channels
