@@ -24,7 +24,6 @@ to fix it. It needs no pytest; pytest is only imported by :func:`strategy_cases`
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -33,7 +32,7 @@ from torch import nn
 from sparsesearch.errors import PluginFailedError
 from sparsesearch.layers import find_layers
 from sparsesearch.masks import get_mask, num_to_prune
-from sparsesearch.plugins import StrategyInfo, get_strategy, list_strategies
+from sparsesearch.plugins import StrategyInfo, get_strategy, list_strategies, validate_strategy
 from sparsesearch.prune import prune
 from sparsesearch.score import accumulate_gradients
 from sparsesearch.strategy import Layer, ScoreContext, Strategy
@@ -46,7 +45,6 @@ __all__ = [
     "strategy_cases",
 ]
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
 NUM_CLASSES = 3
 BATCH_SIZE = 8
 NUM_BATCHES = 2
@@ -181,39 +179,8 @@ def _resolve(strategy: Strategy | StrategyInfo | str) -> Strategy:
 
 
 def _check_attributes(strategy: Strategy) -> None:
-    label = f"{type(strategy).__name__}"
-    name = strategy.name
-    if not isinstance(name, str) or not name:
-        raise StrategyContractError(
-            f"{label}.name is {name!r}: set the class attribute `name` to a short unique "
-            "string users type, e.g. name = \"my-strategy\""
-        )
-    if not NAME_PATTERN.match(name):
-        raise StrategyContractError(
-            f"{label}.name is {name!r}: use letters, digits, '-', '_' or '.', starting with a "
-            "letter or digit (no spaces or commas: users type it on the command line)"
-        )
-    if strategy.granularity not in ("weight", "channel"):
-        raise StrategyContractError(
-            f"{_strategy_label(strategy)} has granularity={strategy.granularity!r}: set "
-            "granularity = \"weight\" (one score per weight) or \"channel\" (one score per "
-            "output channel)"
-        )
-    if not isinstance(strategy.requires_data, bool):
-        raise StrategyContractError(
-            f"{_strategy_label(strategy)} has requires_data={strategy.requires_data!r}: set "
-            "requires_data = True (score() needs gradients) or False"
-        )
-    if not isinstance(strategy.description, str):
-        raise StrategyContractError(
-            f"{_strategy_label(strategy)} has description={strategy.description!r}: set "
-            "description to a one-line string"
-        )
-    if type(strategy).score is Strategy.score:
-        raise StrategyContractError(
-            f"{_strategy_label(strategy)} does not implement score(): define "
-            "score(self, layer, context) returning a torch.Tensor of importance scores"
-        )
+    """The class attributes, by the registry's own check (one function for both)."""
+    validate_strategy(strategy, error=StrategyContractError)
 
 
 def _expected(strategy: Strategy, layer: Layer) -> tuple[int, ...]:

@@ -330,3 +330,44 @@ def test_fails_on_masked_layers():
     msg = _fails(RawParameter())
     assert "at sparsity 0.75 failed with KeyError" in msg
     assert "already pruned at 0.5" in msg and "read layer.weight" in msg
+
+
+# --------------------------------------------------------------------------- one contract check
+
+BAD_ATTRIBUTES = [
+    ({"name": ""}, "Bad.name is '': set the class attribute `name`"),
+    ({"name": "my strategy"}, "no spaces or commas"),
+    ({"granularity": "filter"}, "has granularity='filter': set granularity = \"weight\""),
+    ({"requires_data": "yes"}, "has requires_data='yes': set requires_data = True"),
+    ({"description": None}, "has description=None: set description to a one-line string"),
+    ({"score": sparsesearch.Strategy.score}, "does not implement score()"),
+]
+
+
+@pytest.mark.parametrize(("attrs", "expected"), BAD_ATTRIBUTES, ids=lambda v: str(v)[:30])
+def test_the_registry_and_the_kit_reject_the_same_strategies(attrs, expected):
+    """One check (``plugins.validate_strategy``): what the kit refuses, the registry refuses
+    too, with the same explanation, naming the plugin."""
+    from sparsesearch import plugins
+    from sparsesearch.errors import PluginError
+
+    def score(self, layer, context):
+        return layer.weight.abs()
+
+    strategy = type("Bad", (_Base,), {"score": score, **attrs})()
+    kit_message = _fails(strategy)
+    assert expected in kit_message
+
+    class Plugin:
+        @sparsesearch.hookimpl
+        def sparsesearch_register_strategies(self, register):
+            register(strategy)
+
+    plugins.reset_plugins()
+    try:
+        plugins.register_plugin(Plugin(), name="bad-attributes")
+        with pytest.raises(PluginError) as err:
+            sparsesearch.list_strategies()
+    finally:
+        plugins.reset_plugins()
+    assert str(err.value) == f"plugin 'bad-attributes' (registered at run time): {kit_message}"
