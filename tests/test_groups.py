@@ -332,3 +332,49 @@ def test_global_scope_prunes_groups_together():
     pruned = sum(int((get_mask(l.module) == 0).flatten(1).all(1).sum()) for l in layers)
     channels = sum(l.out_channels for l in layers if not l.is_output)
     assert 0.35 * channels <= pruned <= 0.4 * channels
+
+
+class ConcatDepthwise(nn.Module):
+    """Two branches concatenated into a BatchNorm, a conv followed by a depthwise conv with
+    channel multiplier 2, both concatenated into a (grouped) 1x1 conv, and a Linear head."""
+
+    def __init__(self, grouped: bool) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.b = nn.Conv2d(3, 4, 1)
+        self.bn = nn.BatchNorm2d(10)
+        self.c = nn.Conv2d(3, 5, 3, padding=1)
+        self.dw = nn.Conv2d(5, 10, 3, padding=1, groups=5)
+        self.mix = nn.Conv2d(20, 8, 1, groups=2 if grouped else 1)
+        self.fc = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))
+        z = torch.relu(self.dw(torch.relu(self.c(x))))
+        y = torch.relu(self.mix(torch.cat([y, z], 1)))
+        return self.fc(torch.flatten(nn.functional.max_pool2d(y, 2), 1))
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("metric", ["params", "macs"])
+def test_concat_depthwise_and_grouped_convs_count_exactly(grouped, metric):
+    torch.manual_seed(0)
+    model = ConcatDepthwise(grouped).eval()
+    x = torch.randn(2, 3, 8, 8)
+    layers = find_layers(model, example_input=x)
+    budget = 1.0 if grouped else 0.6
+    plan = plan_budget(model, layers, budget, granularity="channel", metric=metric, example_input=x)
+    graph = plan.graph
+    if grouped:  # a grouped conv's channels stay (not planned): everything feeding it is fixed
+        assert not graph.group_of and plan.min_feasible == plan.total_params
+        assert "grouped conv" in graph.reasons["a"] and "grouped conv" in graph.reasons["mix"]
+    else:  # concatenated producers are groups of their own; the depthwise conv follows c
+        assert graph.group("a").layers == ("a",) and graph.group("b").layers == ("b",)
+        assert graph.group("c").layers == ("c", "dw") and graph.group("c").multiplicity("dw") == 2
+    scores = _l1(layers)
+    for h in HEURISTICS:
+        keep = plan.heuristic(h, scores)
+        _spent_or_full(plan, keep)
+        _, result = _mask_and_compact(model, plan, keep, scores, x)
+        counted = result.params_after if metric == "params" else count_macs(result.model, x)
+        assert counted == plan.params_for(keep), h
