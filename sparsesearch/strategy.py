@@ -142,7 +142,9 @@ class Strategy:
     Class attributes:
         name: unique registry name (``"magnitude"``); what users type.
         granularity: ``"weight"`` (one score per weight, unstructured) or ``"channel"`` (one
-            score per output channel, structured; the channel's bias goes with it).
+            score per output channel, structured; the channel's bias goes with it, and
+            channels tied to other layers' by a residual addition or a depthwise conv are
+            removed together, ranked by the group score; see :meth:`ScoreContext.group`).
         requires_data: True when :meth:`score` needs gradients; the engine then accumulates
             them over training batches and passes them in the :class:`ScoreContext`.
         description: one line for ``sparsesearch strategies``.
