@@ -330,6 +330,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         callbacks.append(progress)
     torch.manual_seed(cfg.seed)  # the model's initial weights (and so the dense cache key)
     started = time.monotonic()
+    from sparsesearch.workers import Terminated, terminate_like_interrupt
+
+    previous = terminate_like_interrupt()  # SIGTERM: like Ctrl-C, the trial FAILs with a reason
     try:
         if workers > 1:
             from sparsesearch.workers import run_workers
@@ -337,15 +340,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             result = run_workers(workers, search_kwargs=dict(kwargs, callbacks=callbacks))
         else:
             result = search(**kwargs, callbacks=callbacks)
-    except KeyboardInterrupt:  # the running trial is marked FAIL by Optuna; say how to resume
+    except KeyboardInterrupt as exc:  # the running trial is marked FAIL; say how to resume
         from sparsesearch.workers import resume_hint
 
         if progress is not None:
             progress.close()
-        print("\nsparsesearch: " + resume_hint(cfg.name, args.storage, study_file=args.study or cfg.path,
-                                               workers=workers), file=sys.stderr)
-        return 130
+        print("\nsparsesearch: " + scrub(resume_hint(cfg.name, args.storage,
+                                                     study_file=args.study or cfg.path,
+                                                     workers=workers)), file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
         if progress is not None:
             progress.close()
     elapsed = time.monotonic() - started

@@ -329,7 +329,20 @@ class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
 
 
 class _NotesWorker:
-    """Heartbeats also record, once per trial, which worker runs it (``WORKER_ATTR``)."""
+    """Heartbeats also record, once per trial, which worker runs it (``WORKER_ATTR``); a trial
+    found stale gets its ``fail_reason`` before it is marked FAIL."""
+
+    def _note_stale(self, trial_id: int, why: str, grace: float, worker: Any = None) -> None:
+        by = f" (worker {worker})" if worker else ""
+        reason = (f"stale: {why}, over the grace period of {grace:g} s: its worker{by} died, was "
+                  "killed or lost the storage; marked FAIL by another worker (and queued again "
+                  "unless retried too often)")
+        try:
+            self.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
+        except UpdateFinishedTrialError:
+            pass  # failed meanwhile by another worker, which wrote the reason
+        except Exception as exc:  # noqa: BLE001 - the reason is a courtesy; failing it matters
+            log.debug("could not record why trial %s is stale: %s", trial_id, exc)
 
     def _note_worker(self, trial_id: int) -> None:
         noted = self.__dict__.setdefault("_sparsesearch_noted", set())
@@ -388,9 +401,13 @@ class HeartbeatJournalStorage(_NotesWorker, JournalStorage, BaseHeartbeat):
         stale = []
         for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
             last = trial.system_attrs.get(HEARTBEAT_ATTR)
+            why = "its last heartbeat is {age:.0f} s old"
             if last is None and trial.datetime_start is not None:
                 last = trial.datetime_start.timestamp()  # naive local time, as journal stores it
+                why = "it has been RUNNING {age:.0f} s without a heartbeat"
             if last is not None and now - float(last) > grace:
+                self._note_stale(trial._trial_id, why.format(age=now - float(last)), grace,
+                                 trial.system_attrs.get(WORKER_ATTR))
                 stale.append(trial._trial_id)
         return stale
 
@@ -440,9 +457,18 @@ def _schema_race(exc: BaseException) -> bool:
     """A CREATE TABLE/TYPE or version row that another process created a moment earlier."""
     for e in _chain(exc):
         msg = str(e).lower()
-        if "already exists" in msg or "duplicate key value" in msg or "duplicate entry" in msg:
+        if any(s in msg for s in _SCHEMA_RACE):
             return True
     return False
+
+
+# what the loser of two processes creating one new database's schema sees: a table (or, for
+# SQLite, alembic's version row: "UNIQUE constraint failed: alembic_version.version_num") that
+# the winner created a moment earlier
+_SCHEMA_RACE = (
+    "already exists", "duplicate key value", "duplicate entry",
+    "unique constraint failed: alembic_version", "unique constraint failed: version_info",
+)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -526,6 +552,55 @@ class _RDBStorage(_NotesWorker, RDBStorage):
         super().__setstate__(state)
         if self._sparsesearch_retrier is not None:
             self._sparsesearch_retrier.attach(self.engine)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's rule (heartbeat older than the grace period, by the database clock), plus:
+        a RUNNING trial that never recorded a heartbeat (its worker died in the moment between
+        starting it and the first beat) is stale once it started longer ago than the grace
+        period (its ``datetime_start``, written by the worker's clock, against this one's;
+        Optuna skips such trials, which then stay RUNNING forever). Each stale trial gets its
+        ``fail_reason`` first."""
+        import datetime
+
+        import sqlalchemy
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+        from sqlalchemy import orm
+
+        assert self.heartbeat_interval is not None
+        grace = self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
+        found: list[tuple[int, str]] = []
+        with _create_scoped_session(self.scoped_session, True) as session:
+            db_now = session.execute(sqlalchemy.func.now()).scalar()
+            assert db_now is not None
+            db_now = db_now.replace(tzinfo=None)  # as Optuna does (PostgreSQL is tz-aware)
+            here_now = datetime.datetime.now()
+            running = (
+                session.query(models.TrialModel)
+                .options(orm.selectinload(models.TrialModel.heartbeats))
+                .filter(models.TrialModel.state == TrialState.RUNNING)
+                .filter(models.TrialModel.study_id == study_id)
+                .all()
+            )
+            for trial in running:
+                if trial.heartbeats:
+                    age = (db_now - trial.heartbeats[0].heartbeat).total_seconds()
+                    why = f"its last heartbeat is {age:.0f} s old"
+                elif trial.datetime_start is not None:
+                    age = (here_now - trial.datetime_start).total_seconds()
+                    why = f"it has been RUNNING {age:.0f} s without a heartbeat"
+                else:
+                    continue
+                if age > grace:
+                    found.append((trial.trial_id, why))
+        for trial_id, why in found:
+            worker = None
+            try:
+                worker = self.get_trial_system_attrs(trial_id).get(WORKER_ATTR)
+            except Exception:  # noqa: BLE001 - only for the reason's wording
+                pass
+            self._note_stale(trial_id, why, grace, worker)
+        return [trial_id for trial_id, _ in found]
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:

@@ -212,6 +212,47 @@ def _optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], *, 
                 return
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the running trial is marked FAIL with its reason."""
+
+
+def terminate_like_interrupt() -> Any:
+    """Make SIGTERM raise :class:`Terminated` in the main thread (like Ctrl-C); returns the
+    previous handler (None where signals cannot be set, e.g. not the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:  # noqa: ARG001
+        raise Terminated
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _interrupt_reason(exc: BaseException) -> str:
+    what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+    return (f"{what} while running: marked FAIL; its parameters are not queued again "
+            "(run the study again to go on)")
+
+
+def _recording_interrupts(objective: Callable[[optuna.Trial], Any]) -> Callable[[optuna.Trial], Any]:
+    """``objective`` that stores ``fail_reason`` on its trial when Ctrl-C or SIGTERM stops it
+    (Optuna then marks the trial FAIL and stops)."""
+
+    def recorded(trial: optuna.Trial) -> Any:
+        try:
+            return objective(trial)
+        except KeyboardInterrupt as exc:
+            try:
+                trial.set_user_attr("fail_reason", _interrupt_reason(exc))
+            except BaseException:  # noqa: BLE001 - a second Ctrl-C, a lost storage: just stop
+                pass
+            raise
+
+    return recorded
+
+
 def run_study(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], Any],
@@ -227,6 +268,7 @@ def run_study(
     failures turned into one :class:`SparsesearchError` line (password masked)."""
     from sparsesearch.storage import describe_storage_error, is_storage_error
 
+    objective = _recording_interrupts(objective)
     try:
         if max_complete is not None:
             optimize_until(study, objective, max_complete, n_trials=n_trials, timeout=timeout,
@@ -326,7 +368,7 @@ def _cpu_count() -> int:
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:  # noqa: ARG001
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def _worker_main(index: int, kwargs: dict[str, Any], threads: int, level: int, errors: Any,

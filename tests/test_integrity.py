@@ -176,3 +176,144 @@ def test_run_on_a_read_only_database(ran, capsys, monkeypatch):
     assert rc == 2
     assert "readonly database" in one_error_line(err)
     assert (cwd / "runs" / "t" / "study.db").read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# 6 and 12. a worker killed at any moment: its trial is failed (with a reason) and re-run
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SPARSESEARCH_DB_RETRIES": "0",
+       "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+DIE_RUNNING = """\
+import os, signal, sys
+import optuna
+from sparsesearch.storage import make_storage
+storage = make_storage(sys.argv[1], study_name="k", heartbeat_interval=1, grace_period=1)
+study = optuna.create_study(storage=storage, study_name="k", direction="maximize")
+study.ask()  # RUNNING, and no heartbeat yet: the moment Optuna's stale check used to miss
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def poll(condition, what: str, limit: float = 120.0):
+    """Poll ``condition()`` (reads the storage) until it returns something true."""
+    import time
+
+    deadline = time.monotonic() + limit
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.05)  # polling interval, not a synchronisation
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_trial_killed_before_its_first_heartbeat_is_failed_and_retried(tmp_path, kind):
+    from sparsesearch.storage import make_storage
+
+    url = f"sqlite:///{tmp_path / 'k.db'}" if kind == "sqlite" else f"journal:{tmp_path / 'k.log'}"
+    proc = subprocess.run([sys.executable, "-c", DIE_RUNNING, url], env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    storage = make_storage(url, study_name="k", heartbeat_interval=1, grace_period=1)
+    study = optuna.load_study(study_name="k", storage=storage)
+    (dead,) = study.get_trials(deepcopy=False)
+    assert dead.state == TrialState.RUNNING
+
+    def failed():
+        optuna.storages.fail_stale_trials(study)  # what every worker does before a trial
+        return study.get_trials(deepcopy=False)[0].state == TrialState.FAIL
+
+    poll(failed, "the dead trial marked FAIL")
+    trials = study.get_trials(deepcopy=False)
+    assert "without a heartbeat" in trials[0].user_attrs["fail_reason"]
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == 0]
+    assert len(retry) == 1 and retry[0].state == TrialState.WAITING
+    assert "fail_reason" not in retry[0].user_attrs
+
+
+def test_stale_heartbeat_stores_a_reason(tmp_path):
+    from sparsesearch.storage import make_storage
+
+    url = f"journal:{tmp_path / 'k.log'}"
+    storage = make_storage(url, study_name="k", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage, study_name="k", direction="maximize")
+    trial = study.ask()
+    storage.record_heartbeat(trial._trial_id)  # it beat once, then its worker died
+
+    def failed():
+        optuna.storages.fail_stale_trials(study)
+        return study.get_trials(deepcopy=False)[0].state == TrialState.FAIL
+
+    poll(failed, "the stale trial marked FAIL")
+    reason = study.get_trials(deepcopy=False)[0].user_attrs["fail_reason"]
+    assert "last heartbeat" in reason and "grace period of 1 s" in reason
+
+
+BLOCKING_MODEL = """\
+import time
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+
+class Blocking(nn.Module):
+    \"\"\"A digits MLP whose pruned (masked) copy never finishes a forward pass: its trial
+    runs until it is stopped, however fast the machine.\"\"\"
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.fc1 = nn.Linear(64, 32)
+        self.fc2 = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        while parametrize.is_parametrized(self.fc1):
+            time.sleep(0.05)
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+def make(num_classes=10, **kwargs):
+    return Blocking(num_classes)
+"""
+
+
+@pytest.mark.parametrize("signum, rc, said", [(15, 143, "terminated (SIGTERM)"), (2, 130, "interrupted (Ctrl-C)")])
+def test_sigterm_and_ctrl_c_fail_the_running_trial_with_a_reason(tmp_path, signum, rc, said):
+    (tmp_path / "blocking_ss.py").write_text(BLOCKING_MODEL)
+    study_file = tiny_study(tmp_path, "sig")
+    study_file.write_text(study_file.read_text().replace('name = "digits-mlp"', 'name = "blocking_ss:make"'))
+    db = tmp_path / "runs" / "sig" / "study.db"
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(tmp_path), ENV["PYTHONPATH"]])}
+    proc = subprocess.Popen([sys.executable, "-m", "sparsesearch", "run", str(study_file), "--quiet",
+                             "--no-report"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        def running():
+            if proc.poll() is not None:
+                return True  # ended early: the assertions below say why
+            if not db.is_file():
+                return False
+            from sparsesearch.storage import make_storage
+
+            try:  # make_storage: retries a schema the run is creating at this moment
+                storage = make_storage(f"sqlite:///{db}", study_name="sig", heartbeat_interval=None)
+                study = optuna.load_study(study_name="sig", storage=storage)
+            except KeyError:
+                return False  # the study is not created yet
+            return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+        poll(running, "a RUNNING trial")
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == rc, err
+    assert "resume with: sparsesearch run" in err and "Traceback" not in err
+    study = optuna.load_study(study_name="sig", storage=f"sqlite:///{db}")
+    (trial,) = study.get_trials(deepcopy=False)
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"].startswith(said)
