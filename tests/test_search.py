@@ -300,7 +300,7 @@ def test_mac_budget_is_met_by_every_trial(tmp_path, runs_dir):
     assert attrs["budget_metric"] == "macs" and attrs["total_macs"] == total
     assert attrs["budget_macs"] == math.floor(0.25 * total) == r.budget_params
     complete = r.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    assert len(complete) == 5  # 4 screened + the finalist
+    assert len(complete) >= 3 and complete[-1].user_attrs["phase"] == "final"
     for t in complete:
         assert t.user_attrs["macs"] <= attrs["budget_macs"]
     assert count_macs(r.model, x, nonzero=True) <= attrs["budget_macs"]
