@@ -17,13 +17,16 @@ or check every installed strategy (or just those of one distribution)::
         check_strategy(name)
 
 :func:`check_strategy` scores every layer of a few tiny models (``nn.Linear``, ``Conv1d``,
-``Conv2d`` including grouped and depthwise, and ``Conv3d``) and raises
+``Conv2d`` including grouped and depthwise, ``Conv3d``, BatchNorm, a residual block, a
+depthwise-separable block) and of the author's own (``models=[(model, example_input)]``),
+and raises
 :class:`StrategyContractError` (an ``AssertionError``) whose message says what is wrong and how
 to fix it. It needs no pytest; pytest is only imported by :func:`strategy_cases`.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -87,13 +90,67 @@ def _conv3d() -> nn.Module:
     )
 
 
+def _batchnorm() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, NUM_CLASSES),
+    )
+
+
+class _Residual(nn.Module):
+    """A ResNet basic block between a stem and a head: the addition ties channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
+                                  nn.ReLU())
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, NUM_CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return self.head(torch.relu(x + self.bn2(self.conv2(y))))
+
+
+def _depthwise_separable() -> nn.Module:
+    """MobileNet style: pointwise expansion, depthwise 3x3, pointwise projection."""
+    return nn.Sequential(
+        nn.Conv2d(3, 12, 1, bias=False), nn.BatchNorm2d(12), nn.ReLU6(),
+        nn.Conv2d(12, 12, 3, padding=1, groups=12, bias=False), nn.BatchNorm2d(12), nn.ReLU6(),
+        nn.Conv2d(12, 6, 1, bias=False), nn.BatchNorm2d(6),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, NUM_CLASSES),
+    )
+
+
 # name -> (model factory, input shape without the batch dimension)
 _MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "linear": (_mlp, (6,)),
     "conv1d": (_conv1d, (4, 10)),
     "conv2d": (_conv2d, (4, 6, 6)),
     "conv3d": (_conv3d, (2, 4, 4, 4)),
+    "batchnorm": (_batchnorm, (3, 5, 5)),
+    "residual": (_Residual, (3, 5, 5)),
+    "depthwise-separable": (_depthwise_separable, (3, 5, 5)),
 }
+MODEL_NAMES = tuple(_MODELS)
+
+
+def _random_batches(
+    shape: Sequence[int], num_classes: int, gen: torch.Generator
+) -> Batches:
+    return [
+        (
+            torch.randn((BATCH_SIZE, *shape), generator=gen),
+            torch.randint(0, num_classes, (BATCH_SIZE,), generator=gen),
+        )
+        for _ in range(NUM_BATCHES)
+    ]
 
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -102,8 +159,11 @@ Batches = list[tuple[torch.Tensor, torch.Tensor]]
 def contract_models(seed: int = 0) -> dict[str, tuple[nn.Module, Batches]]:
     """The tiny models :func:`check_strategy` uses, each with a few random ``(x, y)`` batches.
 
-    ``{"linear" | "conv1d" | "conv2d" | "conv3d": (model, batches)}``; the same ``seed`` gives
-    the same weights and data.
+    ``{name: (model, batches)}`` for the names in :data:`MODEL_NAMES`: ``"linear"``,
+    ``"conv1d"``, ``"conv2d"`` (grouped, depthwise, bias-free, 1x3 kernel), ``"conv3d"``,
+    ``"batchnorm"`` (Conv2d/Linear followed by BatchNorm), ``"residual"`` (a ResNet basic
+    block) and ``"depthwise-separable"`` (MobileNet style). The same ``seed`` gives the same
+    weights and data.
     """
     out = {}
     for i, (key, (factory, shape)) in enumerate(_MODELS.items()):
@@ -111,14 +171,67 @@ def contract_models(seed: int = 0) -> dict[str, tuple[nn.Module, Batches]]:
             torch.manual_seed(seed * 1009 + i)
             model = factory()
         gen = torch.Generator().manual_seed(seed * 1009 + i)
-        batches = [
-            (
-                torch.randn((BATCH_SIZE, *shape), generator=gen),
-                torch.randint(0, NUM_CLASSES, (BATCH_SIZE,), generator=gen),
+        out[key] = (model, _random_batches(shape, NUM_CLASSES, gen))
+    return out
+
+
+ModelCase = Any  # nn.Module | (nn.Module, example input or [(x, y), ...]) | a factory of those
+
+
+def _user_models(
+    models: Mapping[str, ModelCase] | Sequence[ModelCase], seed: int
+) -> dict[str, tuple[nn.Module, Batches]]:
+    """The caller's models as ``{label: (model copy, batches)}``; one clear error otherwise."""
+    if isinstance(models, nn.Module):
+        raise TypeError(
+            "check_strategy(models=...) takes a list of (model, example_input) or "
+            "(model, [(x, y), ...]) pairs, not a bare module: models=[(model, x)]"
+        )
+    if isinstance(models, tuple) and len(models) == 2 and isinstance(models[0], nn.Module):
+        models = [models]  # one (model, input) pair
+    items = list(models.items()) if isinstance(models, Mapping) else [
+        (None, m) for m in models
+    ]
+    out: dict[str, tuple[nn.Module, Batches]] = {}
+    for i, (key, case) in enumerate(items):
+        model, data = case if isinstance(case, (tuple, list)) and len(case) == 2 else (case, None)
+        label = repr(key) if key is not None else f"models[{i}] ({type(model).__name__})"
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"check_strategy(models=...): {label} is a {type(model).__name__}; pass "
+                "nn.Module instances as (model, example_input) or (model, [(x, y), ...])"
             )
-            for _ in range(NUM_BATCHES)
-        ]
-        out[key] = (model, batches)
+        if data is None:
+            raise TypeError(
+                f"check_strategy(models=...): {label} has no input: pass (model, "
+                "example_input), a batch of inputs the model accepts, or (model, [(x, y), ...])"
+            )
+        gen = torch.Generator().manual_seed(seed * 1009 + 7919 + i)
+        if isinstance(data, torch.Tensor):
+            x = data if data.shape[0] > 1 else data.expand(BATCH_SIZE, *data.shape[1:]).clone()
+            work = copy.deepcopy(model).eval()
+            with torch.no_grad():
+                out_shape = work(x).shape
+            if len(out_shape) != 2:
+                raise TypeError(
+                    f"check_strategy(models=...): {label} returns shape {tuple(out_shape)}; "
+                    "the kit's loss is cross-entropy on (batch, classes) outputs: pass "
+                    "(model, [(x, y), ...]) batches that fit your model"
+                )
+            batches = [
+                (x, torch.randint(0, int(out_shape[1]), (x.shape[0],), generator=gen))
+                for _ in range(NUM_BATCHES)
+            ]
+        else:
+            batches = [tuple(b) for b in data]
+            if not batches or not all(
+                len(b) == 2 and all(isinstance(t, torch.Tensor) for t in b) for b in batches
+            ):
+                raise TypeError(
+                    f"check_strategy(models=...): {label}: expected an example input tensor "
+                    "or a list of (x, y) tensor batches"
+                )
+        out[label] = (model, batches)
     return out
 
 
@@ -441,7 +554,7 @@ def _check_engine(strategy: Strategy, key: str, model: nn.Module, batches: list,
                 if previous else ""
             )
             raise StrategyContractError(
-                f"{label}: sparsesearch.prune() on the {key} test model at sparsity {amount} "
+                f"{label}: sparsesearch.prune() on {key} at sparsity {amount} "
                 f"failed with {type(exc).__name__}: {exc}{again}"
             ) from exc
         for layer in find_layers(model):
@@ -478,17 +591,24 @@ def _check_engine(strategy: Strategy, key: str, model: nn.Module, batches: list,
         out = model.eval()(batches[0][0])
     if not bool(torch.isfinite(out).all()):
         raise StrategyContractError(
-            f"{label}: the {key} test model gives non-finite outputs after prune(): scores "
+            f"{label}: {key} gives non-finite outputs after prune(): scores "
             "must be finite and score() must not modify the model"
         )
 
 
-def check_strategy(strategy: Strategy | StrategyInfo | str, *, seed: int = 0) -> None:
+def check_strategy(
+    strategy: Strategy | StrategyInfo | str,
+    *,
+    seed: int = 0,
+    models: Mapping[str, ModelCase] | Sequence[ModelCase] | None = None,
+    default_models: bool = True,
+) -> None:
     """Check ``strategy`` against the strategy contract; raise :class:`StrategyContractError`.
 
     ``strategy`` is a :class:`sparsesearch.Strategy` instance (or a registered name, or a
     :class:`sparsesearch.StrategyInfo`). Checked on tiny Linear, Conv1d, Conv2d (grouped,
-    depthwise, bias-free) and Conv3d models, for every layer:
+    depthwise, bias-free), Conv3d, BatchNorm, residual and depthwise-separable models (see
+    :func:`contract_models`) and on the caller's ``models``, for every layer:
 
     * ``name`` / ``granularity`` / ``requires_data`` / ``description`` are valid;
     * ``score()`` returns a ``torch.Tensor`` of shape ``layer.weight.shape`` (granularity
@@ -503,16 +623,30 @@ def check_strategy(strategy: Strategy | StrategyInfo | str, *, seed: int = 0) ->
       sees masked layers, as in gradual pruning), masks exactly ``round(amount × units)``
       weights (or output channels; none of the final layer's) per layer.
 
+    ``models`` adds your own models: a list, or a ``{label: ...}`` dict, of
+    ``(model, example_input)`` (a batch of inputs; labels are drawn at random among the
+    model's outputs) or ``(model, [(x, y), ...])`` (your batches). They are copied, never
+    modified. ``default_models=False`` checks only those.
+
     Returns ``None`` when all is well. Raises :class:`StrategyContractError` (an
     ``AssertionError``, so pytest shows it as a failure) naming the layer, what is wrong, and
     how to fix it.
     """
     strategy = _resolve(strategy)
     _check_attributes(strategy)
+    own = _user_models(models, seed) if models is not None else {}
+    if not default_models and not own:
+        raise TypeError("check_strategy(default_models=False) needs models=[...] to check")
+
+    def cases() -> dict[str, tuple[nn.Module, Batches]]:
+        kit = contract_models(seed) if default_models else {}
+        mine = {f"your model {k}": (copy.deepcopy(m), b) for k, (m, b) in own.items()}
+        return {**{f"the {k} test model": v for k, v in kit.items()}, **mine}
+
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG as it was
-        for key, (model, batches) in contract_models(seed).items():
+        for key, (model, batches) in cases().items():
             _check_layers(strategy, key, model, batches, seed)
-        for key, (model, batches) in contract_models(seed).items():
+        for key, (model, batches) in cases().items():
             _check_engine(strategy, key, model, batches, seed)
 
 

@@ -371,3 +371,96 @@ def test_the_registry_and_the_kit_reject_the_same_strategies(attrs, expected):
     finally:
         plugins.reset_plugins()
     assert str(err.value) == f"plugin 'bad-attributes' (registered at run time): {kit_message}"
+
+
+# --------------------------------------------------------------------------- the models checked
+
+
+class _Net(torch.nn.Module):
+    """An author's own model: a Linear with 13 inputs that none of the kit's models has."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(13, 9)
+        self.bn = torch.nn.BatchNorm1d(9)
+        self.fc2 = torch.nn.Linear(9, 4)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.bn(self.fc1(x))))
+
+
+class _FailsOnThirteenInputs(_Base):
+    def score(self, layer, context):
+        if isinstance(layer.module, torch.nn.Linear) and layer.module.in_features == 13:
+            raise ValueError("13 inputs are not supported")
+        return layer.weight.abs()
+
+
+def test_authors_pass_their_own_models():
+    check_strategy(_FailsOnThirteenInputs())  # the kit's models alone do not find it
+    torch.manual_seed(0)
+    net = _Net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    for models in ([(net, torch.randn(4, 13))], {"my net": (net, torch.randn(4, 13))}, (net, torch.randn(4, 13))):
+        with pytest.raises(StrategyContractError) as err:
+            check_strategy(_FailsOnThirteenInputs(), models=models)
+        assert "Linear(13, 9) (layer 'fc1') raised ValueError: 13 inputs are not supported" in str(err.value)
+    # a passing strategy on the author's model, with their (x, y) batches and gradients
+    batches = [(torch.randn(6, 13), torch.randint(0, 4, (6,))) for _ in range(2)]
+    check_strategy("gradient", models=[(net, batches)])
+    check_strategy("l1-filter", models={"mine": (net, torch.randn(4, 13))}, default_models=False)
+    # the author's model is copied, never modified
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    assert all(p.grad is None for p in net.parameters()) and net.training
+
+
+def test_the_engine_check_runs_on_the_authors_models():
+    class RawParameter(_Base):  # breaks only on masked layers: the second prune() sees them
+        def score(self, layer, context):
+            return layer.module._parameters["weight"].detach().abs()
+
+    with pytest.raises(StrategyContractError, match="prune\(\) on your model 'mine' at sparsity 0.75"):
+        check_strategy(RawParameter(), models={"mine": (_Net(), torch.randn(4, 13))},
+                       default_models=False)
+
+
+def test_bad_models_argument():
+    with pytest.raises(TypeError, match="not a bare module"):
+        check_strategy("magnitude", models=_Net())
+    with pytest.raises(TypeError, match="has no input"):
+        check_strategy("magnitude", models=[_Net()])
+    with pytest.raises(TypeError, match="needs models"):
+        check_strategy("magnitude", default_models=False)
+
+
+def test_the_kit_includes_batchnorm_residual_and_depthwise_models():
+    from sparsesearch.testing import contract_models
+
+    models = contract_models()
+    assert {"batchnorm", "residual", "depthwise-separable"} <= set(models)
+    kinds = {key: {type(m) for m in model.modules()} for key, (model, _) in models.items()}
+    assert torch.nn.BatchNorm2d in kinds["batchnorm"] and torch.nn.BatchNorm1d in kinds["batchnorm"]
+    depthwise = [m for m in models["depthwise-separable"][0].modules()
+                 if isinstance(m, torch.nn.Conv2d) and m.groups == m.in_channels > 1]
+    assert depthwise
+    model, batches = models["residual"]
+    assert model(batches[0][0]).shape == (batches[0][0].shape[0], 3)
+
+
+def test_a_forward_pass_that_updates_batchnorm_statistics_is_caught():
+    """Only a model with BatchNorm shows it: score() running context.model in train mode."""
+
+    class ForwardPass(_Base):
+        def score(self, layer, context):
+            first = next(m for m in context.model.modules()
+                         if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)))
+            if isinstance(first, torch.nn.Linear):
+                shape = (first.in_features,)
+            else:
+                shape = (first.in_channels,) + (5,) * (first.weight.dim() - 2)
+            with torch.no_grad():
+                context.model(torch.randn((2, *shape), generator=context.generator(layer)))
+            return layer.weight.abs()
+
+    msg = _fails(ForwardPass())
+    assert "modified a buffer of the model" in msg and "running_mean" in msg
