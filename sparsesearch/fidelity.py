@@ -67,7 +67,7 @@ class ComputeBudget:
 
     epochs: float | None = None
     final_share: float = 0.6
-    finalists: int = 1
+    finalists: int = 2
     final_prune_steps: int | None = None
     final_kd_weight: float = 0.0
     final_kd_temperature: float = 4.0
