@@ -8,6 +8,7 @@ from __future__ import annotations
 from sparsesearch.budget import ParamCount, count_params
 from sparsesearch.compact import CompactionError, CompactResult, compact, compact_model
 from sparsesearch.data import Splits, list_datasets, load_dataset
+from sparsesearch.fidelity import ComputeBudget
 from sparsesearch.errors import BudgetError, PluginError, SparsesearchError, StrategyError
 from sparsesearch.hookspecs import hookimpl
 from sparsesearch.layers import find_layers
@@ -16,7 +17,7 @@ from sparsesearch.masks import load_masked_state_dict, make_permanent
 from sparsesearch.models import build_model, list_models
 from sparsesearch.plugins import StrategyInfo, get_strategy, list_strategies
 from sparsesearch.prune import prune
-from sparsesearch.recipe import Recipe, RetrainSettings, apply_recipe, load_recipe
+from sparsesearch.recipe import Recipe, Replay, RetrainSettings, apply_recipe, load_recipe, replay
 from sparsesearch.search import DenseSettings, SearchResult, search
 from sparsesearch.space import SearchSpace
 from sparsesearch.strategy import Layer, ScoreContext, Strategy
@@ -27,11 +28,13 @@ __all__ = [
     "BudgetError",
     "CompactResult",
     "CompactionError",
+    "ComputeBudget",
     "DenseSettings",
     "Layer",
     "ParamCount",
     "PluginError",
     "Recipe",
+    "Replay",
     "RetrainSettings",
     "ScoreContext",
     "SearchResult",
@@ -58,5 +61,6 @@ __all__ = [
     "load_masked_state_dict",
     "make_permanent",
     "prune",
+    "replay",
     "search",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from sparsesearch import plugins, record
+from sparsesearch._optuna import quiet_optuna
 from sparsesearch.budget import HEURISTICS, BudgetPlan, count_params, plan_budget
 from sparsesearch.compact import compact
 from sparsesearch.data import as_splits
@@ -516,7 +518,12 @@ def prepare_dense_model(
     return dense_model.eval(), splits
 
 
-def search(
+def search(*args: Any, **kwargs: Any) -> "SearchResult":
+    with quiet_optuna():  # Optuna's INFO lines and ExperimentalWarnings stay out of the user's way
+        return _search(*args, **kwargs)
+
+
+def _search(
     model: nn.Module | str,
     data: Any,
     budget: int | float,
@@ -705,7 +712,6 @@ def search(
     cbs: list[Callable] = list(callbacks)
     cbs.append(lambda s, t: _observe_trial(s, t))
     stop = _BudgetStop(budget_compute)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are logged once, by us
 
     # 1. screening, until its share of the compute is spent (or n_trials / timeout)
     trials = study.get_trials(deepcopy=False)
@@ -855,3 +861,7 @@ def _result(study, obj, dense_model, splits, device, dense_val, budget_params, t
     for problem in plugins.call_observers("sparsesearch_study_end", study=study, result=result):
         log.warning("%s", problem)
     return result
+
+
+search = functools.wraps(_search)(search)  # the signature and docstring of _search
+search.__name__ = search.__qualname__ = "search"

@@ -77,7 +77,7 @@ def test_asking_for_optuna_output(tmp_path, capfd, monkeypatch):
     assert "A new study created in RDB" in capfd.readouterr().err
 
 
-@pytest.mark.xfail(strict=False, reason="needs search() to call quiet_optuna")
+
 def test_search_from_python_is_quiet(tmp_path, capfd, caplog):
     with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.INFO, "optuna"):
         warnings.simplefilter("always")
