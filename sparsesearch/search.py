@@ -31,7 +31,7 @@ from sparsesearch._optuna import quiet_optuna
 from sparsesearch.budget import HEURISTICS, BudgetPlan, count_params, plan_budget
 from sparsesearch.compact import compact
 from sparsesearch.data import as_splits
-from sparsesearch.errors import SparsesearchError
+from sparsesearch.errors import BudgetError, SparsesearchError
 from sparsesearch.fidelity import ComputeBudget, auto_dense_epochs, choose_final, epochs_spent, screen_ranking
 from sparsesearch.layers import find_layers
 from sparsesearch.macs import count_macs
@@ -484,6 +484,21 @@ def _check_fits(model: nn.Module, splits: Any, device: torch.device) -> None:
         )
 
 
+def _resolve_problem(
+    model: nn.Module | str, data: Any, *, seed: int, trained: bool | None,
+    model_kwargs: Mapping[str, Any] | None, data_options: Mapping[str, Any] | None,
+    checkpoint: str | os.PathLike | None, device: torch.device,
+) -> tuple[nn.Module, bool, bool | None, Any]:
+    """The model (not trained yet), whether we built it, ``trained`` and the data splits."""
+    splits = _as_data(data, seed, data_options)
+    net, built = _resolve_model(model, splits, model_kwargs or {}, seed)
+    if checkpoint is not None:
+        net = load_checkpoint(net, checkpoint)
+        trained = True if trained is None else trained
+    _check_fits(net, splits, device)
+    return net, built, trained, splits
+
+
 def prepare_dense_model(
     model: nn.Module | str,
     data: Any,
@@ -503,19 +518,83 @@ def prepare_dense_model(
     replay stored trials (``sparsesearch export``)."""
     dense_settings = DenseSettings(**dense) if isinstance(dense, Mapping) else (dense or DenseSettings())
     torch_device = resolve_device(device)
-    splits = _as_data(data, seed, data_options)
-    net, built = _resolve_model(model, splits, model_kwargs or {}, seed)
-    if checkpoint is not None:
-        net = load_checkpoint(net, checkpoint)
-        trained = True if trained is None else trained
-    _check_fits(net, splits, torch_device)
-    run_dir = Path(runs_dir) / study_name
+    net, built, trained, splits = _resolve_problem(
+        model, data, seed=seed, trained=trained, model_kwargs=model_kwargs,
+        data_options=data_options, checkpoint=checkpoint, device=torch_device,
+    )
+    return _train_dense(net, built, trained, splits, data, data_options, dense_settings, seed,
+                        torch_device, Path(runs_dir) / study_name), splits
+
+
+def _train_dense(net, built, trained, splits, data, data_options, dense_settings, seed, device,
+                 run_dir: Path) -> nn.Module:
     dense_model = _prepare_dense(
         net, built=built, trained=trained, splits=splits, dense=dense_settings, seed=seed,
-        device=torch_device, cache_dir=run_dir if isinstance(data, str) else None,
+        device=device, cache_dir=run_dir if isinstance(data, str) else None,
         data_key=_data_key(data, data_options),
     )
-    return dense_model.eval(), splits
+    return dense_model.eval()
+
+
+def _plan_all(model: nn.Module, infos: Sequence[Any], layers: Sequence[Any], budget: int | float,
+              space: SearchSpace, metric: str, example: torch.Tensor) -> dict[str, BudgetPlan]:
+    """One budget plan per granularity (the structure only: valid before and after training)."""
+    plans: dict[str, BudgetPlan] = {}
+    for info in infos:
+        g = info.strategy.granularity
+        if g not in plans:
+            plans[g] = plan_budget(
+                model, layers, budget, granularity=g,
+                min_sparsity=space.min_sparsity, max_sparsity=space.max_sparsity,
+                metric=metric, example_input=example,
+            )
+    plan = next(iter(plans.values()))
+    if plan.budget_params >= plan.total_params:
+        what = "parameters" if metric == "params" else "MACs per sample"
+        raise BudgetError(
+            f"budget of {plan.budget_params} {what} is not below the model's {plan.total_params}: "
+            f"nothing would be pruned; give a smaller budget (an int count, or a fraction < 1)"
+        )
+    return plans
+
+
+def _identity(*, model: nn.Module | str, net: nn.Module, data_key: str, budget: int | float,
+              budget_metric: str, seed: int, space: SearchSpace, strategies: Sequence[str],
+              heuristics: Sequence[str], compute: ComputeBudget, objective: str,
+              dense: DenseSettings, include: Any, exclude: Any, trained: bool | None) -> dict[str, Any]:
+    """What makes a study the same problem: compared on resume, part by part."""
+    return {
+        "model": model if isinstance(model, str) else f"{type(net).__name__}:{_fingerprint(str(net))}",
+        "initial_weights": None if isinstance(model, str) else _state_fingerprint(net),
+        "data": data_key, "budget": budget, "budget_metric": budget_metric, "seed": seed,
+        "space": space.to_dict(), "strategies": list(strategies), "heuristics": list(heuristics),
+        "compute": compute.to_dict(), "objective": objective, "dense": dataclasses.asdict(dense),
+        "include": list(include or []), "exclude": list(exclude or []), "trained": trained,
+    }
+
+
+def _check_identity(storage: Any, study_name: str, identity: Mapping[str, Any]) -> None:
+    """Refuse to resume a study of another problem, before any work, naming what differs."""
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return  # a new study
+    stored = storage.get_study_user_attrs(study_id).get(record.IDENTITY)
+    if stored is None:
+        return  # written by an older sparsesearch: only the budget is compared, below
+    diff = [k for k in identity if json.dumps(stored.get(k), sort_keys=True, default=str)
+            != json.dumps(identity[k], sort_keys=True, default=str)]
+    if diff:
+        shown = "; ".join(f"{k}: stored {_short(stored.get(k))}, now {_short(identity[k])}" for k in diff)
+        raise SparsesearchError(
+            f"study {study_name!r} holds another problem ({shown}); resume it with the same "
+            f"settings, or give another study name"
+        )
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def search(*args: Any, **kwargs: Any) -> "SearchResult":
@@ -623,28 +702,30 @@ def _search(
     run_dir = Path(runs_dir) / study_name
     run_dir.mkdir(parents=True, exist_ok=True)
     data_key = _data_key(data, data_options)
-    dense_model, splits = prepare_dense_model(
-        model, data, seed=seed, dense=dense_settings, trained=trained, model_kwargs=model_kwargs,
-        data_options=data_options, checkpoint=checkpoint, device=device, runs_dir=runs_dir,
-        study_name=study_name,
+    net, built, trained, splits = _resolve_problem(
+        model, data, seed=seed, trained=trained, model_kwargs=model_kwargs,
+        data_options=data_options, checkpoint=checkpoint, device=torch_device,
     )
-    dense_model.eval()
+    if objective == "pareto":
+        budget_compute = dataclasses.replace(budget_compute, finalists=0)
+    identity = _identity(
+        model=model, net=net, data_key=data_key, budget=budget, budget_metric=budget_metric,
+        seed=seed, space=space, strategies=strategies, heuristics=heuristics,
+        compute=budget_compute, objective=objective, dense=dense_settings, include=include,
+        exclude=exclude, trained=trained,
+    )
+    _check_identity(storage, study_name, identity)
+    example = _example(splits, torch_device)
+    # an infeasible budget is refused on the structure, before the dense model is trained
+    _plan_all(net, infos, find_layers(net, include=include, exclude=exclude), budget, space,
+              budget_metric, example)
+    dense_model = _train_dense(net, built, trained, splits, data, data_options, dense_settings,
+                               seed, torch_device, run_dir)
     dense_epochs = dense_settings.resolved_epochs(len(splits.train))
     space = space.resolve(len(splits.train))
     budget_compute = budget_compute.resolve(dense_epochs)
-    if objective == "pareto":
-        budget_compute = dataclasses.replace(budget_compute, finalists=0)
     layers = find_layers(dense_model, include=include, exclude=exclude)
-    example = _example(splits, torch_device)
-    plans = {}
-    for info in infos:
-        g = info.strategy.granularity
-        if g not in plans:
-            plans[g] = plan_budget(
-                dense_model, layers, budget, granularity=g,
-                min_sparsity=space.min_sparsity, max_sparsity=space.max_sparsity,
-                metric=budget_metric, example_input=example,
-            )
+    plans = _plan_all(dense_model, infos, layers, budget, space, budget_metric, example)
     budget_params = next(iter(plans.values())).budget_params
     total_params = count_params(dense_model).total
     dense_val = evaluate(dense_model, splits.val, device=torch_device)
@@ -678,13 +759,6 @@ def _search(
             f"study {study_name!r} was created with {budget_key}={existing[budget_key]}, "
             f"not {budget_params}; use another study name"
         )
-    stored_compute = existing.get(record.COMPUTE)
-    if stored_compute is not None and stored_compute != budget_compute.to_dict():
-        diff = sorted(k for k, v in budget_compute.to_dict().items() if stored_compute.get(k) != v)
-        raise SparsesearchError(
-            f"study {study_name!r} was created with another compute budget ({', '.join(f'{k}={stored_compute.get(k)!r}' for k in diff)}); "
-            f"resume with the same compute, or use another study name"
-        )
     if owner:
         study.set_user_attr(budget_key, int(budget_params))
         study.set_user_attr(record.BUDGET_METRIC, budget_metric)
@@ -696,6 +770,7 @@ def _search(
         study.set_user_attr(record.DENSE_EPOCHS, int(dense_epochs))
         study.set_user_attr(record.VAL_SIZE, len(splits.val))
         study.set_user_attr(record.COMPUTE, budget_compute.to_dict())
+        study.set_user_attr(record.IDENTITY, identity)
         study.set_user_attr(record.FORMAT, record.STUDY_FORMAT)
 
     teacher = copy.deepcopy(dense_model).eval()

@@ -192,10 +192,32 @@ def test_resume_after_an_interruption_keeps_the_accounting(tmp_path, runs_dir):
     assert third.best_trial.number == again.best_trial.number
 
 
-def test_resume_with_another_compute_budget_is_refused(tmp_path, runs_dir):
+def test_resume_with_another_problem_is_refused_before_any_work(tmp_path, runs_dir):
     _search(tmp_path, name="c", runs=runs_dir, n_trials=1, compute={**COMPUTE, "epochs": 10})
-    with pytest.raises(SparsesearchError, match=r"another compute budget \(epochs=10"):
+    with pytest.raises(SparsesearchError, match=r"holds another problem \(compute: stored .*\"epochs\": 10"):
         _search(tmp_path, name="c", runs=runs_dir, n_trials=1)
+    # another seed: refused before a new dense model is trained (none is written)
+    dense_files = sorted((runs_dir / "c").glob("dense-*.pt"))
+    with pytest.raises(SparsesearchError, match=r"holds another problem \(seed: stored 0, now 7"):
+        _search(tmp_path, name="c", runs=runs_dir, n_trials=1, seed=7, compute={**COMPUTE, "epochs": 10})
+    assert sorted((runs_dir / "c").glob("dense-*.pt")) == dense_files
+    # the default study name does not silently mix two problems either
+    with pytest.raises(SparsesearchError, match=r"holds another problem \(model: stored"):
+        sparsesearch.search("digits-cnn", "digits", 0.08, storage=f"sqlite:///{tmp_path / 'study.db'}",
+                            study_name="c", runs_dir=runs_dir, dense=DENSE, space=SPACE,
+                            compute={**COMPUTE, "epochs": 10}, n_trials=1)
+
+
+def test_budgets_that_cannot_work_are_refused_before_training(tmp_path):
+    runs = tmp_path / "runs"
+    with pytest.raises(BudgetError, match="feasible minimum"):
+        _search(tmp_path, name="small", budget=10, runs=runs)
+    with pytest.raises(BudgetError, match="not below the model's 6570"):
+        _search(tmp_path, name="large", budget=100_000_000, runs=runs)
+    assert not list(runs.rglob("dense-*.pt"))  # no dense model was trained
+    for bad in (-1, float("nan"), float("inf"), 0):
+        with pytest.raises(SparsesearchError, match="timeout must be"):
+            _search(tmp_path, name="t", timeout=bad, runs=runs)
 
 
 def test_pareto_front(tmp_path, runs_dir):
