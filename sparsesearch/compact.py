@@ -62,6 +62,7 @@ from torch.nn.utils import parametrize
 
 from sparsesearch.errors import SparsesearchError
 from sparsesearch.masks import Mask, apply_mask
+from sparsesearch.strategy import GRAPH_ATTR as _GRAPH_ATTR
 
 __all__ = [
     "CompactResult",
@@ -1511,7 +1512,6 @@ def dependent_masks(model: nn.Module, example_input: Any = None) -> dict[str, in
 # dependency groups and exact structured counts (the budget planner's view of the graph)
 
 GROUP_SCORES = ("sum", "mean", "max")
-_GRAPH_ATTR = "_sparsesearch_graph"
 
 
 @dataclasses.dataclass(frozen=True)

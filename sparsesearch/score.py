@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import functools
 import sys
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from sparsesearch.compact import norm_after
 from sparsesearch.errors import PluginFailedError, SparsesearchError, StrategyError
 from sparsesearch.masks import make_permanent
 from sparsesearch.strategy import Layer, ScoreContext, Strategy
@@ -168,7 +170,8 @@ def compute_scores(
             model, layers, data, num_batches=num_batches, batch_size=batch_size,
             seed=seed, device=device,
         )
-    context = ScoreContext(seed=seed, model=model, params=dict(params or {}), **fields)
+    context = ScoreContext(seed=seed, model=model, params=dict(params or {}),
+                           find_norm=functools.partial(norm_after, model), **fields)
     scores: dict[str, torch.Tensor] = {}
     for layer in layers:
         fresh = Layer(layer.name, layer.module, layer.module.weight.detach(), layer.is_output)

@@ -18,6 +18,9 @@ Granularity = Literal["weight", "channel"]
 __all__ = ["Granularity", "Layer", "ScoreContext", "Strategy"]
 
 
+GRAPH_ATTR = "_sparsesearch_graph"  # where compact.dependency_graph records a model's graph
+
+
 @dataclasses.dataclass(frozen=True)
 class Layer:
     """One prunable layer, as the engine hands it to :meth:`Strategy.score`.
@@ -72,18 +75,19 @@ class ScoreContext:
     num_batches: int = 0
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     graph: Any = None
+    find_norm: Any = None  # the engine's norm_after(model, layer) when it gave no graph
 
     # -- the model's graph (structured strategies) ---------------------------------------------
 
     def _graph(self, layer: Layer | str):
-        from sparsesearch.compact import DependencyGraph, graph_of
-
-        if isinstance(self.graph, DependencyGraph):
+        # the contract does not import the engine: the graph is the engine's object, given in
+        # ``graph`` or recorded on the module under GRAPH_ATTR by compact.dependency_graph
+        if self.graph is not None:
             return self.graph
         module = layer.module if isinstance(layer, Layer) else None
         if module is None and self.model is not None:
             module = dict(self.model.named_modules()).get(layer)
-        return graph_of(module) if module is not None else None
+        return module.__dict__.get(GRAPH_ATTR) if module is not None else None
 
     def group(self, layer: Layer | str) -> tuple[str, ...]:
         """Names of the prunable layers whose output channels are tied to ``layer``'s (a
@@ -105,14 +109,13 @@ class ScoreContext:
 
     def norm(self, layer: Layer | str) -> nn.Module | None:
         """The normalisation module (BatchNorm, ...) applied right after ``layer``, or ``None``.
-        Read only, like ``model``. Found without a dependency graph too (by tracing ``model``)."""
+        Read only, like ``model``. Found without a dependency graph too: the engine then gives
+        ``find_norm`` (a ``torch.fx`` trace of ``model``)."""
         name = layer if isinstance(layer, str) else layer.name
         graph = self._graph(layer)
         target = graph.norms.get(name) if graph is not None else None
-        if graph is None and self.model is not None:
-            from sparsesearch.compact import norm_after
-
-            target = norm_after(self.model, name)
+        if graph is None and self.model is not None and self.find_norm is not None:
+            target = self.find_norm(name)
         if target is None or self.model is None:
             return None
         return dict(self.model.named_modules()).get(target)

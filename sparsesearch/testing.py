@@ -27,11 +27,13 @@ to fix it. It needs no pytest; pytest is only imported by :func:`strategy_cases`
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from sparsesearch.compact import norm_after
 from sparsesearch.errors import PluginFailedError
 from sparsesearch.layers import find_layers
 from sparsesearch.masks import get_mask, num_to_prune
@@ -495,7 +497,7 @@ def _fresh_context(model: nn.Module, fields: Mapping[str, Any], seed: int) -> Sc
         k: ({n: t.clone() for n, t in v.items()} if isinstance(v, Mapping) else v)
         for k, v in fields.items()
     }
-    return ScoreContext(seed=seed, model=model, **copied)
+    return ScoreContext(seed=seed, model=model, find_norm=functools.partial(norm_after, model), **copied)
 
 
 def _fill_grads(model: nn.Module, seed: int) -> None:

@@ -291,7 +291,11 @@ def test_score_context_gives_group_consumers_and_norm():
     assert ctx.norm(by["fc"]) is None
     # without a recorded graph: group is the layer alone, the norm is still found
     fresh, _ = _model("cifar-resnet")
-    ctx2 = ScoreContext(model=fresh)
+    from functools import partial
+
+    from sparsesearch.compact import norm_after
+
+    ctx2 = ScoreContext(model=fresh, find_norm=partial(norm_after, fresh))  # as the engine gives it
     assert ctx2.group("conv1") == ("conv1",) and ctx2.consumers("conv1") == ()
     assert ctx2.norm("layer1.0.conv1") is dict(fresh.named_modules())["layer1.0.bn1"]
 
