@@ -317,3 +317,38 @@ def test_sigterm_and_ctrl_c_fail_the_running_trial_with_a_reason(tmp_path, signu
     (trial,) = study.get_trials(deepcopy=False)
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["fail_reason"].startswith(said)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. two runs creating one new SQLite database at the same moment
+
+TOGETHER = """\
+import sys, time
+from pathlib import Path
+from sparsesearch.storage import make_storage
+folder, me, other, rounds = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+for k in range(rounds):
+    (folder / f"ready-{k}-{me}").touch()
+    while not (folder / f"ready-{k}-{other}").exists():  # barrier: both open database k at once
+        if (folder / f"failed-{other}").exists():
+            sys.exit("the other process failed")
+        time.sleep(0.001)
+    try:
+        make_storage(f"sqlite:///{folder / f'db{k}.db'}", study_name="s", heartbeat_interval=None)
+    except BaseException:
+        (folder / f"failed-{me}").touch()
+        raise
+print("ok")
+"""
+
+
+def test_two_processes_create_a_new_sqlite_schema_together(tmp_path):
+    rounds = 20  # the race is likely, not certain, in one round
+    procs = [subprocess.Popen([sys.executable, "-c", TOGETHER, str(tmp_path), me, other, str(rounds)],
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for me, other in (("a", "b"), ("b", "a"))]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0 and out.strip() == "ok", err[-2000:]
+    for k in range(rounds):
+        assert optuna.study.get_all_study_names(f"sqlite:///{tmp_path / f'db{k}.db'}") == []
