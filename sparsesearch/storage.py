@@ -60,6 +60,7 @@ __all__ = [
     "is_storage_error",
     "make_storage",
     "mask_url",
+    "repair_journal",
     "run_folder",
     "check_study_name",
     "url_password",
@@ -726,21 +727,95 @@ def make_storage(
         path = Path(resolved[len("journal:"):]).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            repair_journal(path)
             backend = JournalFileBackend(str(path))
         except OSError as exc:
             raise SparsesearchError(f"cannot open journal storage {path}: {exc}") from None
-        return HeartbeatJournalStorage(
-            backend,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=RetryStaleTrial(MAX_RETRY) if heartbeat_interval else None,
-        )
+        try:
+            return HeartbeatJournalStorage(
+                backend,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=RetryStaleTrial(MAX_RETRY) if heartbeat_interval else None,
+            )
+        except ValueError as exc:  # json.JSONDecodeError, Optuna's "Invalid log format."
+            raise SparsesearchError(_damaged_journal(path, exc)) from None
     if workers > 1 and resolved.startswith("sqlite"):
         log.warning("%d workers share the SQLite file %s: SQLite serialises writers and may report "
                     "'database is locked'; prefer journal:PATH or a server database",
                     workers, _mask(resolved))
     return _open_rdb(resolved, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                      connect_retries=connect_retries, retry_wait=retry_wait)
+
+
+def repair_journal(path: str | os.PathLike) -> Path | None:
+    """Repair a journal file whose last record was cut short (its writer died mid-write): the
+    torn tail is removed (or, when it is a whole record that only lacks its newline, completed)
+    under the journal's own lock, so the next append does not glue onto it and make the whole
+    file unreadable. The file as it was is kept next to it (``NAME.torn-TIME.bak``) and one
+    warning line says so. Returns the backup's path (None when nothing was wrong)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    if size == 0:
+        return None
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return None  # the usual case: one byte read
+    from optuna.storages.journal import JournalFileSymlinkLock
+    from optuna.storages.journal._file import get_lock_file
+
+    with get_lock_file(JournalFileSymlinkLock(str(path))):  # no writer is mid-append now
+        data = path.read_bytes()
+        if not data or data.endswith(b"\n"):
+            return None
+        cut = data.rfind(b"\n") + 1
+        tail = data[cut:]
+        try:
+            whole = isinstance(json.loads(tail), dict)
+        except ValueError:
+            whole = False
+        if whole:  # cut just before its newline: keep the record
+            with open(path, "ab") as f:
+                f.write(b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            log.warning("journal %s: its last record lacked its newline (a worker died while "
+                        "writing it): completed", path)
+            return None
+        backup = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}.bak")
+        shutil.copy2(path, backup)
+        with open(path, "r+b") as f:
+            f.truncate(cut)
+            f.flush()
+            os.fsync(f.fileno())
+    log.warning("journal %s: its last record was cut short (a worker died while writing it): "
+                "removed those %d bytes; the file as it was is kept as %s", path, len(tail), backup)
+    return backup
+
+
+def _damaged_journal(path: Path, exc: BaseException) -> str:
+    """One line naming the first unreadable record of a journal file."""
+    where = ""
+    try:
+        with open(path, "rb") as f:
+            lines = f.readlines()
+        for number, line in enumerate(lines, start=1):
+            try:
+                json.loads(line)
+            except ValueError:
+                if number < len(lines):
+                    where = f" at line {number} of {len(lines)}"
+                    break
+    except OSError:
+        pass
+    return (f"journal storage {path} is damaged{where} ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:120]}): sparsesearch neither reads nor appends to it. "
+            "Keep a copy, then remove the damaged line to recover the records around it (or "
+            "restore the file from a backup)")
 
 
 def is_storage_error(exc: BaseException) -> bool:

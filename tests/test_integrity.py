@@ -352,3 +352,63 @@ def test_two_processes_create_a_new_sqlite_schema_together(tmp_path):
         assert p.returncode == 0 and out.strip() == "ok", err[-2000:]
     for k in range(rounds):
         assert optuna.study.get_all_study_names(f"sqlite:///{tmp_path / f'db{k}.db'}") == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. journal files: a torn last record is repaired, damage in the middle refused
+
+
+def _journal_with_trials(path: Path, n: int) -> None:
+    from sparsesearch.storage import make_storage
+
+    storage = make_storage(f"journal:{path}", study_name="j", heartbeat_interval=None)
+    study = optuna.create_study(storage=storage, study_name="j", direction="maximize",
+                                load_if_exists=True)
+    for i in range(n):
+        study.add_trial(optuna.trial.create_trial(value=float(i)))
+
+
+def _count(path: Path) -> int:
+    from sparsesearch.storage import make_storage
+
+    storage = make_storage(f"journal:{path}", study_name="j", heartbeat_interval=None)
+    return len(optuna.load_study(study_name="j", storage=storage).get_trials(deepcopy=False))
+
+
+def test_a_torn_last_journal_record_is_repaired_with_a_backup(tmp_path, caplog):
+    path = tmp_path / "journal.log"
+    _journal_with_trials(path, 2)
+    whole = path.read_bytes()
+    torn = b'{"op_code":4,"worker_id":"dead-worker","study_id":0,"datetime_sta'
+    path.write_bytes(whole + torn)  # a worker killed in the middle of its write
+    with caplog.at_level("WARNING", logger="sparsesearch"):
+        _journal_with_trials(path, 1)  # the next run appends
+    assert _count(path) == 3  # the file stays readable: nothing glued onto the torn record
+    (backup,) = tmp_path.glob("journal.log.torn-*.bak")
+    assert backup.read_bytes() == whole + torn
+    warned = [r.getMessage() for r in caplog.records if "cut short" in r.getMessage()]
+    assert len(warned) == 1 and str(backup) in warned[0] and "\n" not in warned[0]
+
+
+def test_a_last_record_missing_only_its_newline_is_kept(tmp_path):
+    path = tmp_path / "journal.log"
+    _journal_with_trials(path, 2)
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))  # cut just before the newline
+    _journal_with_trials(path, 1)
+    assert _count(path) == 3 and not list(tmp_path.glob("*.bak"))
+
+
+def test_garbage_inside_a_journal_is_one_line_naming_it(tmp_path, capsys):
+    path = tmp_path / "journal.log"
+    _journal_with_trials(path, 2)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines.insert(2, b'{"op_code":4,"worker_id" GARBAGE\n')
+    path.write_bytes(b"".join(lines))
+    damaged = path.read_bytes()
+    with pytest.raises(SparsesearchError) as info:
+        _count(path)
+    msg = str(info.value)
+    assert str(path) in msg and "line 3 of" in msg and "\n" not in msg
+    rc, out, err = cli(capsys, "report", "--storage", f"journal:{path}", "--out", tmp_path / "r")
+    assert rc == 2 and str(path) in one_error_line(err)
+    assert path.read_bytes() == damaged  # never appended to nor "repaired"
