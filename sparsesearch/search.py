@@ -200,7 +200,7 @@ class _Objective:
             raise
         except Exception as exc:
             trial.set_user_attr(record.FAIL_REASON, f"{type(exc).__name__}: {exc}")
-            trial.set_user_attr(record.TRACEBACK, traceback.format_exc()[-4000:])
+            trial.set_user_attr(record.TRACEBACK, _clip(traceback.format_exc()))
             log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
             raise
 
@@ -427,6 +427,14 @@ class _Objective:
                 safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in strategy)
                 self.score_cache[key] = cached_tensors(Path(self.score_dir) / f"scores-{safe}-{h}.pt", compute)
         return self.score_cache[key]
+
+
+def _clip(text: str, limit: int = 4000) -> str:
+    """A long traceback's start (a plugin's own frames come first when chained) and end."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return text[:half] + "\n[...]\n" + text[-half:]
 
 
 def _make_sampler(seed: int, n_startup: int, local_fraction: float) -> optuna.samplers.BaseSampler:
