@@ -12,8 +12,9 @@ The compute is spent in two phases:
    promising reach the full screening length. Screening stops when its share is spent; a trial
    that would overrun it is stopped (PRUNED, reason "compute budget spent").
 2. **Finalists** (``final_share``): the ``finalists`` best COMPLETE screening trials are
-   retrained from the dense model with the full regime: ``final_share · budget / finalists``
-   epochs each, gradual pruning (Zhu & Gupta, ``final_prune_steps`` events over the first
+   retrained from the dense model with the full regime, once per learning-rate scale of
+   ``final_lr_scales`` (the screening rate, and a third of it): ``final_share · budget /
+   (finalists · len(final_lr_scales))`` epochs each, gradual pruning (Zhu & Gupta, ``final_prune_steps`` events over the first
    ``prune_window`` of the epochs, one warm-up + cosine schedule) and optional distillation.
    The final model is chosen among them on validation (see :func:`choose_final`).
 
@@ -58,6 +59,10 @@ class ComputeBudget:
             trained).
         final_share: share of ``epochs`` reserved for the finalists (0 = screening only).
         finalists: how many screening trials are retrained at full fidelity.
+        final_lr_scales: each finalist is retrained once per scale, at its screening learning
+            rate times the scale: short one-shot screens favour higher rates than a long
+            gradual schedule does, so the final rate is re-chosen at full fidelity (on
+            validation, with the other finalists). ``(1.0,)`` keeps the screening rate.
         final_prune_steps: prune events of a finalist (``None``: one per 4 epochs, 2…8).
         final_kd_weight / final_kd_temperature: distillation from the dense model in the
             finalists' training (0 = off).
@@ -67,7 +72,8 @@ class ComputeBudget:
 
     epochs: float | None = None
     final_share: float = 0.6
-    finalists: int = 2
+    finalists: int = 1
+    final_lr_scales: tuple[float, ...] = (1.0, 1 / 3)
     final_prune_steps: int | None = None
     final_kd_weight: float = 0.0
     final_kd_temperature: float = 4.0
@@ -84,6 +90,12 @@ class ComputeBudget:
             raise SparsesearchError(f"final_share must be in [0, 1), got final_share={self.final_share!r}")
         if isinstance(self.finalists, bool) or not isinstance(self.finalists, int) or self.finalists < 0:
             raise SparsesearchError(f"finalists must be an int >= 0, got finalists={self.finalists!r}")
+        scales = tuple(self.final_lr_scales) if isinstance(self.final_lr_scales, (list, tuple)) else None
+        if not scales or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                 and math.isfinite(v) and v > 0 for v in scales):
+            raise SparsesearchError(
+                f"final_lr_scales must be a non-empty list of numbers > 0, got {self.final_lr_scales!r}")
+        object.__setattr__(self, "final_lr_scales", tuple(float(v) for v in scales))
         if self.final_prune_steps is not None and self.final_prune_steps < 1:
             raise SparsesearchError(f"final_prune_steps must be >= 1, got {self.final_prune_steps=}")
         if not 0.0 <= self.final_kd_weight <= 1.0:
@@ -134,11 +146,16 @@ class ComputeBudget:
         """Epochs the screening may spend."""
         return self.total * (1.0 - self.final_share) if self.finalists else self.total
 
+    @property
+    def final_runs(self) -> int:
+        """Finalist trainings: ``finalists × len(final_lr_scales)``."""
+        return self.finalists * len(self.final_lr_scales)
+
     def final_epochs(self) -> int:
-        """Epochs of each finalist's training (0 without finalists)."""
+        """Epochs of each finalist training (0 without finalists)."""
         if not self.finalists or not self.final_share:
             return 0
-        return int(math.floor(self.total * self.final_share / self.finalists))
+        return int(math.floor(self.total * self.final_share / self.final_runs))
 
     def prune_steps_for(self, epochs: int) -> int:
         if self.final_prune_steps is not None:
@@ -163,7 +180,9 @@ class ComputeBudget:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["final_lr_scales"] = list(self.final_lr_scales)
+        return d
 
 
 def epochs_spent(trials: Sequence[FrozenTrial], phase: str | None = None) -> int:

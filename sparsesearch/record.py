@@ -10,7 +10,7 @@ Study attributes (``study.user_attrs``)::
 
 Trial attributes (``trial.user_attrs``)::
 
-    phase ("screen" | "final"), finalist_of, heuristic, strategy, granularity, sparsity,
+    phase ("screen" | "final"), finalist_of, lr_scale, heuristic, strategy, granularity, sparsity,
     params, macs, recipe, epochs, val_accuracy, val_loss, pruned_at_epoch, stop_reason,
     fail_reason, traceback
 """
@@ -45,6 +45,7 @@ PHASE = "phase"
 SCREEN = "screen"
 FINAL = "final"
 FINALIST_OF = "finalist_of"
+LR_SCALE = "lr_scale"
 HEURISTIC = "heuristic"
 STRATEGY = "strategy"
 GRANULARITY = "granularity"

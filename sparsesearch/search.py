@@ -41,7 +41,7 @@ from sparsesearch.sampler import LocalTPESampler
 from sparsesearch.recipe import Recipe, RetrainSettings, _example, apply_recipe, replay
 from sparsesearch.score import DEFAULT_GRADIENT_BATCHES, compute_scores
 from sparsesearch.space import SearchSpace
-from sparsesearch.storage import make_storage, mask_url
+from sparsesearch.storage import make_storage, mask_url, run_folder
 from sparsesearch.train import evaluate, evaluate_loss, resolve_device, train_dense
 
 __all__ = ["DenseSettings", "SearchResult", "search", "mask_url", "best_trial", "prepare_dense_model"]
@@ -280,6 +280,7 @@ class _Objective:
             epochs = self.compute.final_epochs()
             settings["epochs"] = epochs
             settings["prune_steps"] = self.compute.prune_steps_for(epochs)
+            settings["lr"] = settings["lr"] * float(trial.user_attrs.get(record.LR_SCALE, 1.0))
             if self.compute.final_kd_weight > 0:
                 settings["kd_weight"] = self.compute.final_kd_weight
                 settings["kd_temperature"] = self.compute.final_kd_temperature
@@ -531,7 +532,7 @@ def prepare_dense_model(
         data_options=data_options, checkpoint=checkpoint, device=torch_device,
     )
     return _train_dense(net, built, trained, splits, data, data_options, dense_settings, seed,
-                        torch_device, Path(runs_dir) / study_name), splits
+                        torch_device, run_folder(runs_dir, study_name)), splits
 
 
 def _train_dense(net, built, trained, splits, data, data_options, dense_settings, seed, device,
@@ -707,7 +708,7 @@ def _search(
     if not isinstance(storage, optuna.storages.BaseStorage):  # None, a URL or journal:PATH
         # before any training: an unreachable database fails now, not after the dense model
         storage = make_storage(storage, study_name=study_name, runs_dir=runs_dir)
-    run_dir = Path(runs_dir) / study_name
+    run_dir = run_folder(runs_dir, study_name)  # a name that stays inside runs_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     data_key = _data_key(data, data_options)
     net, built, trained, splits = _resolve_problem(
@@ -872,10 +873,11 @@ def _enqueue_finals(study: optuna.Study, compute: ComputeBudget, run_dir: Path) 
             trials = study.get_trials(deepcopy=False)
             chosen = screen_ranking(trials)[: compute.finalists]
             for t in chosen:
-                study.enqueue_trial(dict(t.params), user_attrs={
-                    record.PHASE: record.FINAL, record.FINALIST_OF: t.number,
-                    record.HEURISTIC: t.user_attrs.get(record.HEURISTIC),
-                }, skip_if_exists=False)
+                for scale in compute.final_lr_scales:
+                    study.enqueue_trial(dict(t.params), user_attrs={
+                        record.PHASE: record.FINAL, record.FINALIST_OF: t.number,
+                        record.LR_SCALE: scale, record.HEURISTIC: t.user_attrs.get(record.HEURISTIC),
+                    }, skip_if_exists=False)
             study.set_user_attr(record.FINALS_ENQUEUED, [t.number for t in chosen])
             if chosen:
                 log.info("finalists: trials %s retrained for %d epochs each",

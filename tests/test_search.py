@@ -17,7 +17,7 @@ from sparsesearch.recipe import Recipe
 
 DENSE = {"epochs": 6, "lr": 0.1, "optimizer": "sgd"}
 SPACE = {"lr": [1e-3, 2e-2], "epochs": 3}
-COMPUTE = {"epochs": 40, "final_share": 0.5, "finalists": 2}
+COMPUTE = {"epochs": 40, "final_share": 0.5, "finalists": 2, "final_lr_scales": [1.0]}
 
 
 @pytest.fixture(scope="module")
@@ -335,3 +335,15 @@ def test_model_that_does_not_fit_the_data_is_one_clear_error(tmp_path, runs_dir)
     with pytest.raises(SparsesearchError, match=r"expected \(batch, 10\) class scores"):
         sparsesearch.search(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)), "digits",
                             0.5, n_trials=1, storage=f"sqlite:///{tmp_path / 'g.db'}", runs_dir=runs_dir)
+
+
+def test_the_final_learning_rate_is_rechosen_at_full_fidelity(tmp_path, runs_dir):
+    r = _search(tmp_path, name="lrs", runs=runs_dir, compute={"epochs": 24})  # default finalists
+    finals = [t for t in r.study.trials if t.user_attrs.get("phase") == "final"]
+    assert [t.user_attrs["lr_scale"] for t in finals] == pytest.approx([1.0, 1 / 3])
+    src = r.study.trials[finals[0].user_attrs["finalist_of"]]
+    assert {t.user_attrs["finalist_of"] for t in finals} == {src.number}
+    for t in finals:
+        assert t.user_attrs["recipe"]["retrain"]["lr"] == pytest.approx(src.params["lr"] * t.user_attrs["lr_scale"])
+        assert t.user_attrs["epochs"] == int(24 * 0.6 / 2)
+    assert r.best_trial in finals
