@@ -1,7 +1,7 @@
 """Study files: a TOML schema for one sparsity search, validated before any work.
 
 A study file has the sections ``[study]``, ``[model]``, ``[data]``, ``[budget]``, ``[search]``,
-``[space]`` and ``[dense]`` (see ``docs/studies.md``, which documents every key in
+``[space]``, ``[compute]`` and ``[dense]`` (see ``docs/studies.md``, which documents every key in
 :data:`SCHEMA`). Unknown keys at any level are refused naming the closest valid key; malformed
 TOML is refused with its line and column. Relative paths (``data.root``, ``model.checkpoint``)
 are relative to the study file's folder, taken lexically (symbolic links are not resolved).
@@ -52,8 +52,10 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
     "study": {
         "name": ("str", "study name: the Optuna study name and the folder under the runs dir "
                         "(default: the file name without .toml)"),
-        "n_trials": ("int>=0", "trials to add per `run` invocation (default 20)"),
-        "timeout": ("number>0", "stop starting trials after this many seconds (default: none)"),
+        "n_trials": ("int>=0", "at most this many screening trials per `run` invocation "
+                               "(default: until the screening share of [compute] is spent)"),
+        "timeout": ("number>0", "stop starting screening trials after this many seconds; the "
+                                "finalists still train (default: none)"),
         "max_complete": ("int>=1", "stop once the study holds this many COMPLETE trials, counted "
                                    "over all invocations and workers (default: none)"),
         "seed": ("int>=0", "seed of the data split, dense training, sampler and trials (default 0)"),
@@ -91,33 +93,57 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
                                   "`sparsesearch strategies` lists them)"),
         "heuristics": ("strlist", "heuristic allocations enqueued first (default all of "
                                   "uniform, global, lamp, erk; [] for none)"),
-        "pruner": ("choice:median,hyperband,none", "Optuna pruner of single-objective studies "
-                                                   "(default 'median')"),
+        "pruner": ("choice:halving,median,hyperband,none", "Optuna pruner of the screening trials "
+                   "of single-objective studies (default 'halving': successive halving over epochs)"),
         "include": ("strlist", "only prune these layers (module names; default all)"),
         "exclude": ("strlist", "never prune these layers (module names)"),
         "num_batches": ("int>=1", "batches of training data data-dependent strategies score on"),
     },
     "space": {
-        "lr": (_SPACE_NUMBER, "fine-tuning learning rate, log scale (default [0.005, 0.2])"),
-        "epochs": (_SPACE_NUMBER, "fine-tuning epochs (default 3)"),
-        "optimizer": ("str or list", "'sgd' (momentum 0.9), 'adamw', or a list to choose from"),
+        "lr": (_SPACE_NUMBER, "fine-tuning learning rate, log scale (default [3e-4, 1e-2], for AdamW)"),
+        "epochs": (_SPACE_NUMBER, "epochs of a screening trial (default: at least 3 and 64 "
+                                  "optimizer steps); finalists train longer ([compute])"),
+        "optimizer": ("str or list", "'adamw' (default), 'sgd' (momentum 0.9; wants an lr range "
+                                     "like [0.01, 0.2]), or a list to choose from"),
+        "warmup": ("fraction", "share of the optimizer steps with a linear learning-rate "
+                               "warm-up (default 0.05)"),
         "weight_decay": (_SPACE_NUMBER, "fine-tuning weight decay, log scale when low > 0 (default 0)"),
         "prune_steps": (_SPACE_NUMBER, "1 = one-shot; k = k rounds of prune + retrain (default 1)"),
         "kd_weight": (_SPACE_NUMBER, "distillation weight from the dense model, 0 = off (default 0)"),
         "kd_temperature": (_SPACE_NUMBER, "distillation temperature (default 4)"),
-        "allocation": ("bool", "search per-layer sparsity (true) or only the heuristics' "
-                               "allocations (default true)"),
+        "allocation": ("allocation", "'family' (default: heuristic × temperature, two dimensions), "
+                                     "'heuristics' (or false), or 'layers' (one density per layer)"),
+        "alloc_temperature": (_SPACE_NUMBER, "temperature range of the 'family' allocation "
+                                             "(default [0, 2]; 0 = uniform, 1 = the heuristic)"),
         "min_sparsity": ("number", "smallest per-layer sparsity of every allocation (default 0)"),
         "max_sparsity": ("number", "largest per-layer sparsity of every allocation (default 0.999)"),
         "batch_size": ("int>=1", "fine-tuning batch size (default 128)"),
         "heuristic_lrs": ("list", "learning rates each heuristic seed is enqueued at "
-                                  "(default: 3 spread over the lr range)"),
+                                  "(default: one, three quarters up the lr range)"),
+    },
+    "compute": {
+        "epochs": ("number>0", "the study's fine-tuning compute: epochs over the training split, "
+                               "screening and finalists (default 4 x the dense epochs)"),
+        "final_share": ("fraction", "share of the compute for the finalists (default 0.6)"),
+        "finalists": ("int>=0", "screening trials retrained at full fidelity (default 1; 0 = none)"),
+        "final_lr_scales": ("list", "each finalist is retrained at its screening lr times each "
+                                    "of these (default [1, 0.333])"),
+        "final_prune_steps": ("int>=1", "gradual prune events of a finalist (default: one per "
+                                        "4 epochs, 2 to 8)"),
+        "final_kd_weight": ("number>=0", "distillation weight in the finalists' training "
+                                         "(default 0 = off; at most 1)"),
+        "final_kd_temperature": ("number>0", "distillation temperature of the finalists (default 4)"),
+        "prune_window": ("fraction1", "share of a finalist's epochs its prune events are spread "
+                                      "over (default 0.5)"),
+        "reduction_factor": ("int>=1", "successive halving: keep 1 in this many per rung (default 3)"),
+        "min_resource": ("int>=1", "successive halving: epochs of the first rung (default: the "
+                                   "screening epochs / 9, at least 1)"),
     },
     "dense": {
-        "epochs": ("int>=0", "dense training epochs (default 10)"),
-        "lr": ("number>0", "dense training learning rate (default 0.05)"),
-        "optimizer": ("choice:sgd,adamw", "dense training optimizer (default 'sgd')"),
-        "weight_decay": ("number>=0", "dense training weight decay (default 5e-4)"),
+        "epochs": ("int>=0", "dense training epochs (default: at least 15 and 300 optimizer steps)"),
+        "lr": ("number>0", "dense training learning rate (default 1e-3)"),
+        "optimizer": ("choice:sgd,adamw", "dense training optimizer (default 'adamw')"),
+        "weight_decay": ("number>=0", "dense training weight decay (default 0.01)"),
         "batch_size": ("int>=1", "dense training batch size (default 128)"),
     },
 }
@@ -145,7 +171,7 @@ class StudyConfig:
     data: str
     budget: int | float
     budget_metric: str = "params"
-    n_trials: int | None = 20
+    n_trials: int | None = None
     timeout: float | None = None
     max_complete: int | None = None
     seed: int = 0
@@ -160,11 +186,12 @@ class StudyConfig:
     data_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     strategies: tuple[str, ...] = ("magnitude",)
     heuristics: tuple[str, ...] | None = None
-    pruner: str = "median"
+    pruner: str = "halving"
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] | None = None
     num_batches: int | None = None
     space: dict[str, Any] = dataclasses.field(default_factory=dict)
+    compute: dict[str, Any] = dataclasses.field(default_factory=dict)
     dense: dict[str, Any] = dataclasses.field(default_factory=dict)
     path: str | None = None
 
@@ -198,6 +225,7 @@ class StudyConfig:
 
         ``model``, ``data`` and ``budget`` are included; ``storage`` is the resolved URL.
         """
+        from sparsesearch.fidelity import ComputeBudget
         from sparsesearch.search import DenseSettings
         from sparsesearch.space import SearchSpace
 
@@ -213,6 +241,7 @@ class StudyConfig:
             "study_name": self.name,
             "seed": self.seed,
             "space": SearchSpace.from_mapping(self.space),
+            "compute": ComputeBudget.from_mapping(self.compute),
             "objective": self.objective,
             "device": self.device,
             "pruner": self.pruner,
@@ -346,6 +375,10 @@ def _check_value(where: str, dotted: str, kind: str, value: Any) -> Any:
         if not _is_number(value) or not 0 < value <= 1:
             raise _type_error(where, dotted, "a number in (0, 1]", value)
         return float(value)
+    if kind == "allocation":
+        if isinstance(value, bool) or value in ("family", "heuristics", "layers"):
+            return value
+        raise _type_error(where, dotted, "'family', 'heuristics', 'layers', true or false", value)
     if kind == "bool":
         if not isinstance(value, bool):
             raise _type_error(where, dotted, "true or false", value)
@@ -433,7 +466,7 @@ def parse_study(doc: Mapping[str, Any], *, path: str | os.PathLike | None = None
         data=data["name"],
         budget=budget_value,
         budget_metric=budget_metric,
-        n_trials=study.get("n_trials", 20),
+        n_trials=study.get("n_trials"),
         timeout=study.get("timeout"),
         max_complete=study.get("max_complete"),
         seed=study.get("seed", 0),
@@ -448,11 +481,12 @@ def parse_study(doc: Mapping[str, Any], *, path: str | os.PathLike | None = None
         data_options=data.get("options", {}),
         strategies=search.get("strategies", ("magnitude",)),
         heuristics=search.get("heuristics"),
-        pruner=search.get("pruner", "median"),
+        pruner=search.get("pruner", "halving"),
         include=search.get("include"),
         exclude=search.get("exclude"),
         num_batches=search.get("num_batches"),
         space=values["space"],
+        compute=values["compute"],
         dense=values["dense"],
         path=os.path.abspath(path) if path is not None else None,
     )
@@ -479,6 +513,12 @@ def validate(cfg: StudyConfig, *, where: str = "") -> None:
         SearchSpace.from_mapping(cfg.space)
     except SparsesearchError as exc:
         raise ConfigError(f"{where}[space]: {exc}") from None
+    from sparsesearch.fidelity import ComputeBudget
+
+    try:
+        ComputeBudget.from_mapping(cfg.compute)
+    except SparsesearchError as exc:
+        raise ConfigError(f"{where}[compute]: {exc}") from None
     try:
         DenseSettings(**cfg.dense)
     except (TypeError, ValueError) as exc:  # pragma: no cover - keys are schema-checked
@@ -489,8 +529,6 @@ def validate(cfg: StudyConfig, *, where: str = "") -> None:
         check_study_name(cfg.name, what="study.name")
     except SparsesearchError as exc:
         raise ConfigError(f"{where}{exc}") from None
-    if cfg.n_trials is None and cfg.timeout is None and cfg.max_complete is None:
-        raise ConfigError(f"{where}give study.n_trials, study.timeout or study.max_complete")
 
 
 def load_study_config(path: str | os.PathLike | None = None) -> StudyConfig:

@@ -102,6 +102,9 @@ def test_a_bare_name_finds_a_packaged_study(tmp_path, monkeypatch):
 def test_schema_covers_the_search_space_and_dense_settings():
     assert set(SCHEMA["space"]) == {f.name for f in dataclasses.fields(SearchSpace)}
     assert set(SCHEMA["dense"]) == {f.name for f in dataclasses.fields(DenseSettings)}
+    from sparsesearch.fidelity import ComputeBudget
+
+    assert set(SCHEMA["compute"]) == {f.name for f in dataclasses.fields(ComputeBudget)}
 
 
 def test_docs_document_every_key():
@@ -115,7 +118,7 @@ def test_docs_document_every_key():
 def test_minimal_study_and_defaults(tmp_path):
     cfg = load_study_config(write(tmp_path, MINIMAL, "my-study.toml"))
     assert cfg.name == "my-study"
-    assert cfg.n_trials == 20 and cfg.seed == 0 and cfg.objective == "accuracy"
+    assert cfg.n_trials is None and cfg.seed == 0 and cfg.objective == "accuracy"
     assert cfg.storage_url("runs") == f"sqlite:///{Path('runs') / 'my-study' / 'study.db'}"
 
 
@@ -170,7 +173,7 @@ def test_config_round_trips_through_json(tmp_path):
 def test_replace_ignores_missing_overrides(tmp_path):
     cfg = load_study_config(write(tmp_path, MINIMAL))
     assert cfg.replace(n_trials=None, seed=3).seed == 3
-    assert cfg.replace(n_trials=None).n_trials == 20
+    assert cfg.replace(n_trials=5).replace(n_trials=None).n_trials == 5
 
 
 # -- errors --------------------------------------------------------------------------------------
