@@ -35,10 +35,12 @@ def format_duration(seconds: float | None) -> str:
 
 
 class Progress:
-    """Study callback showing ``trial i/N``, the best validation accuracy so far and an ETA.
+    """Study callback showing ``trial i/N``, the fine-tuning epochs spent of the study's compute
+    budget, the best validation accuracy so far and an ETA.
 
-    ``n_trials`` are the trials of this invocation (None: open-ended, e.g. ``timeout`` only);
-    ``timeout`` bounds the ETA. ``stream`` defaults to stderr; ``tty`` to ``stream.isatty()``.
+    ``n_trials`` are the screening trials of this invocation (None: until the compute budget is
+    spent); the ETA follows the epochs spent against the compute budget when the study has one,
+    and ``timeout`` bounds it. ``stream`` defaults to stderr; ``tty`` to ``stream.isatty()``.
     """
 
     def __init__(
@@ -63,6 +65,9 @@ class Progress:
         self._line = ""
         self._initialised = False
         self.header = header  # printed once, before the first status line
+        self.compute: float | None = None  # the study's compute budget (epochs), read at start
+        self.epochs_before = 0  # epochs the study had spent before this invocation
+        self.epochs = 0  # epochs of this invocation's trials
 
     # -- the callback -------------------------------------------------------------------------
 
@@ -75,9 +80,13 @@ class Progress:
             now = datetime.datetime.now(current.datetime_start.tzinfo)
             since = (now - current.datetime_start).total_seconds()
             self.start = time.monotonic() - max(since, 0.0)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        for t in study.get_trials(deepcopy=False):
             if t.number != current.number:
                 self._update_best(t)
+                self.epochs_before += int(t.user_attrs.get("epochs", 0) or 0)
+        compute = study.user_attrs.get("compute")
+        if isinstance(compute, dict) and compute.get("epochs"):
+            self.compute = float(compute["epochs"])
 
     def _update_best(self, trial: FrozenTrial) -> None:
         if trial.state != TrialState.COMPLETE or not trial.values:
@@ -90,6 +99,7 @@ class Progress:
         if not self._initialised:
             self._init_best(study, trial)
         self.done += 1
+        self.epochs += int(trial.user_attrs.get("epochs", 0) or 0)
         self.states[trial.state.name] = self.states.get(trial.state.name, 0) + 1
         self._update_best(trial)
         self.show(self.status(trial))
@@ -98,7 +108,10 @@ class Progress:
         elapsed = time.monotonic() - self.start
         per_trial = elapsed / max(self.done, 1)
         candidates = []
-        if self.n_trials is not None:
+        if self.compute is not None and self.epochs:  # the compute budget ends the study
+            left = self.compute - self.epochs_before - self.epochs
+            candidates.append(elapsed / self.epochs * max(left, 0.0))
+        elif self.n_trials is not None:
             candidates.append(per_trial * max(self.n_trials - self.done, 0))
         if self.timeout is not None:
             candidates.append(max(self.timeout - elapsed, 0.0))
@@ -106,11 +119,15 @@ class Progress:
 
     def status(self, trial: FrozenTrial | None = None) -> str:
         total = "?" if self.n_trials is None else str(self.n_trials)
-        parts = [f"trial {self.done}/{total}"]
+        parts = [f"trial {self.done}/{total}" if self.n_trials is None or self.done <= self.n_trials
+                 else f"trial {self.done}"]
+        if self.compute is not None:
+            parts.append(f"epochs {self.epochs_before + self.epochs}/{self.compute:g}")
         if trial is not None:
             what = trial.state.name.lower()
             heuristic = trial.user_attrs.get("heuristic")
-            tag = f"#{trial.number}" + (f" {heuristic}" if heuristic else "")
+            final = trial.user_attrs.get("phase") == "final"
+            tag = f"#{trial.number}" + (" final" if final else "") + (f" {heuristic}" if heuristic else "")
             if trial.state == TrialState.COMPLETE and trial.values:
                 what = f"val {trial.values[0]:.4f}"
             parts.append(f"{tag}: {what}")
