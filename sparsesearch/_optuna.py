@@ -38,22 +38,23 @@ def _asked_for_output() -> bool:
 
 
 @contextlib.contextmanager
-def quiet_optuna(quiet: bool = True) -> Iterator[None]:
+def quiet_optuna(quiet: bool = True, *, level: int = logging.WARNING) -> Iterator[None]:
     """Within the block, Optuna logs only warnings and errors and its ``ExperimentalWarning``
     is ignored; Optuna's previous verbosity is restored on exit. A no-op when ``quiet`` is
     false, when ``SPARSESEARCH_OPTUNA_VERBOSE`` is set (not ``0``), or, for the logging part,
-    when the user set Optuna's verbosity to DEBUG."""
+    when the user set Optuna's verbosity to DEBUG. ``level``: the verbosity inside (``search``
+    uses ERROR: it logs each failed trial once itself, so Optuna's own warning would repeat it)."""
     if not quiet or _asked_for_output():
         yield
         return
     import optuna
 
     previous = optuna.logging.get_verbosity()
-    lowered = logging.INFO <= previous < logging.WARNING  # Optuna's default is INFO
+    lowered = logging.INFO <= previous < level  # Optuna's default is INFO
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if lowered:
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            optuna.logging.set_verbosity(level)
         try:
             yield
         finally:

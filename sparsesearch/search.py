@@ -607,7 +607,9 @@ def _short(value: Any) -> str:
 
 
 def search(*args: Any, **kwargs: Any) -> "SearchResult":
-    with quiet_optuna():  # Optuna's INFO lines and ExperimentalWarnings stay out of the user's way
+    # Optuna's INFO lines and ExperimentalWarnings stay out of the user's way; failed trials
+    # are logged once, by the objective
+    with quiet_optuna(level=logging.ERROR):
         return _search(*args, **kwargs)
 
 

@@ -49,8 +49,13 @@ pruner = "{pruner}"
 
 [space]
 lr = [0.02, 0.3]
+optimizer = "sgd"
 epochs = {epochs}
 heuristic_lrs = [0.05]
+
+[compute]
+epochs = 1000          # the workers' exact trial counts are under test, not the compute budget
+finalists = 0
 
 [dense]
 epochs = 3
