@@ -218,6 +218,102 @@ def plot_history(study: optuna.Study, path: Path) -> Path:
     return path
 
 
+def plot_accuracy_vs_compute(study: optuna.Study, path: Path) -> Path:
+    """Validation accuracy of each trial against the fine-tuning epochs the study had spent
+    when it ended (screening trials, stopped trials at their last value, finalists), with the
+    best so far: where the compute went and what it bought."""
+    trials = sorted((t for t in study.get_trials(deepcopy=False)
+                     if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
+                    key=lambda t: (t.datetime_complete or t.datetime_start or datetime.datetime.min, t.number))
+    fig, ax = _figure()
+    spent, xs = 0, {}
+    for t in trials:
+        spent += int(t.user_attrs.get("epochs", 0) or 0)
+        xs[t.number] = spent
+    groups = {
+        "screening": [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("phase") != "final"],
+        "finalists": [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("phase") == "final"],
+        "stopped early": [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values],
+    }
+    style = {"screening": ("tab:blue", "o", 18), "finalists": ("tab:red", "*", 90), "stopped early": ("0.6", "x", 14)}
+    values: list[float] = []
+    for label, pts in groups.items():
+        if not pts:
+            continue
+        ys = [_val(t) if t.state == TrialState.COMPLETE else t.intermediate_values[max(t.intermediate_values)]
+              for t in pts]
+        values += ys
+        color, marker, size = style[label]
+        ax.scatter([xs[t.number] for t in pts], ys, s=size, marker=marker, color=color, label=label, zorder=3)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    if done:
+        bx, by, best = [], [], -math.inf
+        for t in done:
+            best = max(best, _val(t))
+            bx.append(xs[t.number])
+            by.append(best)
+        ax.step(bx, by, where="post", color="black", linewidth=1.2, label="best so far", zorder=4)
+    compute = (study.user_attrs.get("compute") or {}).get("epochs")
+    if compute:
+        ax.axvline(float(compute), color="0.4", linestyle="--", linewidth=1, label="compute budget")
+    _ylim(ax, values, [_val(t) for t in groups["finalists"]])
+    ax.set_title(f"Accuracy vs compute spent: {study.study_name}")
+    ax.set_xlabel("fine-tuning epochs spent by the study")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    if values:
+        ax.legend(loc="best", fontsize=8, framealpha=0.85)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _compute_lines(study: optuna.Study, trials: Sequence[FrozenTrial], best: FrozenTrial | None,
+                   val_size: Any) -> list[str]:
+    """How the compute budget was spent, and where the final model came from."""
+    attrs = study.user_attrs
+    compute = attrs.get("compute") or {}
+    if not compute:
+        return []
+    screen = [t for t in trials if t.user_attrs.get("phase", "screen") != "final"]
+    finals = [t for t in trials if t.user_attrs.get("phase") == "final"]
+    ep = lambda ts: sum(int(t.user_attrs.get("epochs", 0) or 0) for t in ts)  # noqa: E731
+    stopped = [t for t in screen if t.state == TrialState.PRUNED and t.user_attrs.get("epochs")]
+    full = [t for t in screen if t.state == TrialState.COMPLETE]
+    out = ["## Compute: how it was spent and where the final model came from", ""]
+    total = compute.get("epochs")
+    out.append(f"- Budget: {total:g} fine-tuning epochs (dense training apart: "
+               f"{attrs.get('dense_epochs', '?')} epochs); spent **{attrs.get('epochs_trained', ep(trials))}**.")
+    out.append(f"- Screening: {ep(screen)} epochs over {len(screen)} trials: {len(full)} ran their full "
+               f"{max((t.user_attrs.get('epochs', 0) for t in full), default=0)} epochs, {len(stopped)} "
+               f"were stopped early by successive halving or the budget "
+               f"({ep(stopped)} epochs).")
+    if finals:
+        lengths = "/".join(str(n) for n in sorted({int(t.user_attrs.get("epochs", 0) or 0) for t in finals}))
+        sources = ", ".join(f"#{n}" for n in sorted({t.user_attrs.get("finalist_of", -1) for t in finals}))
+        scales = ", ".join(format(float(t.user_attrs.get("lr_scale", 1.0)), ".2g") for t in finals)
+        out.append(f"- Finalists: {ep(finals)} epochs: {len(finals)} retrainings of {sources} "
+                   f"({lengths} epochs each, gradual pruning, learning-rate scales {scales}).")
+    if best is not None and best.user_attrs.get("phase") == "final":
+        src = best.user_attrs.get("finalist_of")
+        alloc = str(best.params.get("alloc:heuristic", best.user_attrs.get("heuristic") or "searched allocation"))
+        if "alloc:temperature" in best.params:
+            alloc += f", temperature {best.params['alloc:temperature']:.2f}"
+        lr = (best.user_attrs.get("recipe") or {}).get("retrain", {}).get("lr", float("nan"))
+        out.append(f"- The final model is trial **#{best.number}**: screening trial #{src} ({alloc}) "
+                   f"retrained at lr {lr:.3g}, chosen on validation among the finalists.")
+        done = [t for t in finals if t.state == TrialState.COMPLETE and t.values]
+        if len(done) > 1 and isinstance(val_size, int) and val_size > 0:
+            vals = sorted((_val(t) for t in done), reverse=True)
+            se = standard_error(vals[0], val_size)
+            out.append(f"- Final comparison: the finalists' validation accuracies are "
+                       f"{', '.join(_pct(v) for v in vals)}; one standard error is {100 * se:.2f} "
+                       f"points, within which validation loss decides (lower wins).")
+    elif best is not None:
+        out.append(f"- No finalist completed: the result is the best screening trial #{best.number}.")
+    out.append("")
+    return out
+
+
 def plot_accuracy_vs_params(study: optuna.Study, path: Path) -> Path:
     """Validation accuracy against remaining parameters for every COMPLETE trial, the
     heuristic seeds marked, the budget as a line; the Pareto front in pareto studies."""
@@ -431,6 +527,9 @@ def write_report(
     heur = _heuristic_bests(complete)
 
     images = [("Optimisation history", plot_history(study, plots / "history.png"))]
+    if attrs.get("compute"):
+        images.append(("Validation accuracy vs compute spent",
+                       plot_accuracy_vs_compute(study, plots / "accuracy_vs_compute.png")))
     images.append(("Validation accuracy vs remaining parameters",
                    plot_accuracy_vs_params(study, plots / "accuracy_vs_params.png")))
     best_heur = max(heur.values(), key=lambda t: (_val(t), -t.number)) if heur else None
@@ -456,10 +555,17 @@ def write_report(
         add(f"- Budget: at most {int(budget):,} of {int(total):,} parameters remain "
             f"({100 * budget / total:.2f} % kept, {total / max(budget, 1):.1f}× compression), counted "
             "over the whole model")
+    macs = attrs.get("budget_macs")
+    if isinstance(macs, (int, float)) and isinstance(attrs.get("total_macs"), (int, float)) and attrs["total_macs"]:
+        tm = attrs["total_macs"]
+        add(f"- Budget: at most {int(macs):,} of {int(tm):,} multiply-accumulates per sample "
+            f"({100 * macs / tm:.2f} % kept, {tm / max(macs, 1):.1f}× fewer MACs)")
     add("- Trials: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n) if trials else "- Trials: none yet")
     if isinstance(dense_val, (int, float)):
         add(f"- Dense model: validation {_pct(dense_val)}, test {_pct(dense_test)}")
     add("")
+
+    lines.extend(_compute_lines(study, trials, best, val_size))
 
     add("## Best trial vs the heuristics")
     add("")
