@@ -37,6 +37,7 @@ from sparsesearch.layers import find_layers
 from sparsesearch.macs import count_macs
 from sparsesearch.masks import make_permanent
 from sparsesearch.models import build_model, load_checkpoint
+from sparsesearch.runner import cached_tensors, create_study_once, run_study, setup_owner
 from sparsesearch.sampler import LocalTPESampler
 from sparsesearch.recipe import Recipe, RetrainSettings, _example, apply_recipe, replay
 from sparsesearch.score import DEFAULT_GRADIENT_BATCHES, compute_scores
@@ -421,8 +422,6 @@ class _Objective:
             if self.score_dir is None:
                 self.score_cache[key] = compute()
             else:  # computed once per study, shared by its workers (file lock)
-                from sparsesearch.workers import cached_tensors  # workers sit above search
-
                 h = _fingerprint(self.score_key, key, self.seed, self.num_batches,
                                  self.space.batch_size, [lay.name for lay in layers])
                 safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in strategy)
@@ -743,8 +742,6 @@ def _search(
 
     directions = ["maximize", "minimize"] if objective == "pareto" else ["maximize"]
     seeds = [(h, sv) for h in heuristics for sv in space.seed_values()]
-    from sparsesearch.workers import create_study_once, run_study, setup_owner  # workers sit above search
-
     created = create_study_once(storage, study_name, directions)  # one of several workers
     study = optuna.create_study(
         storage=storage,

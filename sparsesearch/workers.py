@@ -1,8 +1,7 @@
-"""Several workers on one study: exact trial counts, local worker processes, resume hints.
+"""Several local workers on one study: worker processes, resume hints (the runner's exact
+trial counts, :func:`optimize_until` and :func:`run_study`, live in :mod:`sparsesearch.runner`
+and are re-exported here).
 
-- :func:`optimize_until` runs trials until the study holds exactly ``max_complete`` COMPLETE
-  trials, however many workers (processes, machines) share it. Optuna's
-  ``MaxTrialsCallback`` only stops a worker after the fact, so concurrent workers overshoot.
 - :func:`run_workers` starts N local worker processes on one study (CPU threads split between
   them, journal file storage unless a storage is given) and returns the result, with the test
   accuracy of the best trial measured once, in the parent.
@@ -25,12 +24,23 @@ import sys
 import time
 import traceback
 import warnings
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
 from sparsesearch.errors import SparsesearchError
+from sparsesearch.runner import (  # noqa: F401 - the runner's names, re-exported
+    SURPLUS_ATTR,
+    Callback,
+    Terminated,
+    cached_tensors,
+    count_trials,
+    create_study_once,
+    optimize_until,
+    run_study,
+    setup_owner,
+    terminate_like_interrupt,
+)
 
 __all__ = [
     "SURPLUS_ATTR",
@@ -46,306 +56,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("sparsesearch")
-
-SURPLUS_ATTR = "surplus"
-Callback = Callable[[optuna.Study, FrozenTrial], None]
-
-# user/system attributes of a queued trial that are not carried to its re-queued copy
-_RUN_SYSTEM_ATTRS = ("sparsesearch:heartbeat", "sparsesearch:worker")
-
-
-def count_trials(study: optuna.Study) -> tuple[int, int]:
-    """``(complete, running)`` trial counts of ``study`` (fresh from the storage)."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-    complete = sum(1 for t in trials if t.state == TrialState.COMPLETE)
-    return complete, len(trials) - complete
-
-
-def _fail_stale(study: optuna.Study) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-
-
-def _requeue(study: optuna.Study, trial: optuna.Trial) -> None:
-    """Queue a popped WAITING trial again (its fixed parameters and inputs), e.g. a seed."""
-    frozen = study._storage.get_trial(trial._trial_id)
-    fixed = frozen.system_attrs.get("fixed_params")
-    if not fixed and not frozen.params:
-        return  # sampled, not queued: nothing to give back
-    from sparsesearch.storage import _RUN_ATTRS
-
-    study.add_trial(
-        optuna.trial.create_trial(
-            state=TrialState.WAITING,
-            params=frozen.params,
-            distributions=frozen.distributions,
-            user_attrs={k: v for k, v in frozen.user_attrs.items() if k not in _RUN_ATTRS},
-            system_attrs={k: v for k, v in frozen.system_attrs.items() if k not in _RUN_SYSTEM_ATTRS},
-        )
-    )
-
-
-def _guard(objective: Callable[[optuna.Trial], Any], max_complete: int) -> Callable[[optuna.Trial], Any]:
-    def guarded(trial: optuna.Trial) -> Any:
-        study = trial.study
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-        complete = sum(1 for t in trials if t.state == TrialState.COMPLETE)
-        ahead = sum(1 for t in trials if t.state == TrialState.RUNNING and t.number < trial.number)
-        if complete + ahead >= max_complete:
-            trial.set_user_attr(SURPLUS_ATTR, True)
-            _requeue(study, trial)
-            raise optuna.TrialPruned(
-                f"surplus: {complete} complete and {ahead} running trials already make "
-                f"max_complete={max_complete}"
-            )
-        return objective(trial)
-
-    return guarded
-
-
-def optimize_until(
-    study: optuna.Study,
-    objective: Callable[[optuna.Trial], Any],
-    max_complete: int,
-    *,
-    n_trials: int | None = None,
-    timeout: float | None = None,
-    callbacks: Sequence[Callback] = (),
-    catch: tuple[type[Exception], ...] = (Exception,),
-    show_progress_bar: bool = False,
-    poll_interval: tuple[float, float] = (0.2, 5.0),
-) -> int:
-    """Run trials of ``study`` until it holds ``max_complete`` COMPLETE trials (exactly, with
-    any number of concurrent workers), this call ran ``n_trials`` trials, or ``timeout``
-    seconds passed. Returns the number of trials this call ran.
-
-    While ``COMPLETE + RUNNING >= max_complete`` the worker waits (polling every
-    ``poll_interval[0]`` seconds, backing off to ``poll_interval[1]``) and fails stale trials
-    (heartbeats), whose retries it then runs. See the module docstring for the rule.
-    """
-    if max_complete < 1:
-        raise SparsesearchError(f"max_complete must be >= 1, got {max_complete}")
-    guarded = _guard(objective, max_complete)
-    start = time.monotonic()
-    ran = 0
-    low, high = poll_interval
-    wait = low
-    while True:
-        _fail_stale(study)
-        complete, running = count_trials(study)
-        if complete >= max_complete:
-            break
-        if n_trials is not None and ran >= n_trials:
-            break
-        left = None if timeout is None else timeout - (time.monotonic() - start)
-        if left is not None and left <= 0:
-            break
-        if complete + running >= max_complete:
-            time.sleep(wait if left is None else min(wait, left))
-            wait = min(wait * 1.5, high)
-            continue
-        wait = low
-        try:
-            study.optimize(guarded, n_trials=1, catch=catch, callbacks=list(callbacks),
-                           show_progress_bar=show_progress_bar, gc_after_trial=False)
-        except Exception as exc:
-            if not _finished_meanwhile(exc):
-                raise
-            _warn_failed_meanwhile(exc)
-        ran += 1
-        if study._stop_flag:  # a callback called study.stop()
-            break
-    return ran
-
-
-def _finished_meanwhile(exc: BaseException) -> bool:
-    """Whether Optuna failed to finish a trial because another worker had finished it (failed
-    it as stale): ``UpdateFinishedTrialError``, or ``tell``'s "Cannot tell a FAIL trial"."""
-    seen = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, optuna.exceptions.UpdateFinishedTrialError):
-            return True
-        if isinstance(e, ValueError) and str(e).startswith("Cannot tell a "):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
-def _warn_failed_meanwhile(exc: BaseException) -> None:
-    # this worker's trial was failed as stale by another one (e.g. this process was suspended
-    # longer than the grace period); its retry is queued: carry on
-    while exc.__context__ is not None and str(exc).startswith("Should not reach"):
-        exc = exc.__context__  # Optuna's assertion after a refused tell: show the cause
-    log.warning("a trial of this worker was marked FAIL by another worker meanwhile (missed "
-                "heartbeats; it is queued again): %s", exc)
-
-
-def _optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], *, n_trials: int | None,
-              timeout: float | None, callbacks: Sequence[Callback], catch: tuple[type[Exception], ...],
-              show_progress_bar: bool) -> None:
-    """``study.optimize``, carrying on when a trial was failed as stale by another worker."""
-    calls = [0]
-
-    def counted(trial: optuna.Trial) -> Any:
-        calls[0] += 1
-        return objective(trial)
-
-    start = time.monotonic()
-    while True:
-        left_trials = None if n_trials is None else n_trials - calls[0]
-        left_time = None if timeout is None else timeout - (time.monotonic() - start)
-        if (left_trials is not None and left_trials <= 0) or (left_time is not None and left_time <= 0):
-            return
-        try:
-            study.optimize(counted, n_trials=left_trials, timeout=left_time, catch=catch,
-                           callbacks=list(callbacks), show_progress_bar=show_progress_bar,
-                           gc_after_trial=False)
-            return
-        except Exception as exc:
-            if not _finished_meanwhile(exc):
-                raise
-            _warn_failed_meanwhile(exc)
-            if study._stop_flag:
-                return
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: the running trial is marked FAIL with its reason."""
-
-
-def terminate_like_interrupt() -> Any:
-    """Make SIGTERM raise :class:`Terminated` in the main thread (like Ctrl-C); returns the
-    previous handler (None where signals cannot be set, e.g. not the main thread)."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum: int, frame: Any) -> None:  # noqa: ARG001
-        raise Terminated
-
-    return signal.signal(signal.SIGTERM, handler)
-
-
-def _interrupt_reason(exc: BaseException) -> str:
-    what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
-    return (f"{what} while running: marked FAIL; its parameters are not queued again "
-            "(run the study again to go on)")
-
-
-def _recording_interrupts(objective: Callable[[optuna.Trial], Any]) -> Callable[[optuna.Trial], Any]:
-    """``objective`` that stores ``fail_reason`` on its trial when Ctrl-C or SIGTERM stops it
-    (Optuna then marks the trial FAIL and stops)."""
-
-    def recorded(trial: optuna.Trial) -> Any:
-        try:
-            return objective(trial)
-        except KeyboardInterrupt as exc:
-            try:
-                trial.set_user_attr("fail_reason", _interrupt_reason(exc))
-            except BaseException:  # noqa: BLE001 - a second Ctrl-C, a lost storage: just stop
-                pass
-            raise
-
-    return recorded
-
-
-def run_study(
-    study: optuna.Study,
-    objective: Callable[[optuna.Trial], Any],
-    *,
-    n_trials: int | None,
-    timeout: float | None,
-    max_complete: int | None = None,
-    callbacks: Sequence[Callback] = (),
-    catch: tuple[type[Exception], ...] = (Exception,),
-    show_progress_bar: bool = False,
-) -> None:
-    """``study.optimize`` (or :func:`optimize_until` with ``max_complete``), with storage
-    failures turned into one :class:`SparsesearchError` line (password masked)."""
-    from sparsesearch.storage import describe_storage_error, is_storage_error
-
-    objective = _recording_interrupts(objective)
-    try:
-        if max_complete is not None:
-            optimize_until(study, objective, max_complete, n_trials=n_trials, timeout=timeout,
-                           callbacks=callbacks, catch=catch, show_progress_bar=show_progress_bar)
-        else:
-            _optimize(study, objective, n_trials=n_trials, timeout=timeout, callbacks=callbacks,
-                      catch=catch, show_progress_bar=show_progress_bar)
-    except SparsesearchError:
-        raise
-    except Exception as exc:
-        if is_storage_error(exc):
-            raise SparsesearchError(describe_storage_error(exc, study._storage)) from None
-        raise
-
-
-# ---------------------------------------------------------------------------------------------
-# set-up done once per study, caches shared between workers
-
-
-def create_study_once(storage: Any, study_name: str, directions: Sequence[str]) -> bool:
-    """Create the study ``study_name`` in ``storage`` unless it exists; True when this call
-    created it (atomic in the storage: of several workers starting at once, one gets True)."""
-    from optuna.study import StudyDirection
-
-    dirs = [StudyDirection.MAXIMIZE if d == "maximize" else StudyDirection.MINIMIZE for d in directions]
-    try:
-        storage.create_new_study(dirs, study_name)
-    except optuna.exceptions.DuplicatedStudyError:
-        return False
-    return True
-
-
-def setup_owner(study: optuna.Study, created: bool, *, key: str = "budget_params",
-                timeout: float = 10.0) -> tuple[bool, dict[str, Any]]:
-    """``(owner, user_attrs)``: whether this worker writes the study's attributes and enqueues
-    its seed trials. The worker that created the study does; a worker that loaded it does
-    only when ``key`` does not appear within ``timeout`` seconds (a study created empty by
-    someone else, e.g. ``optuna create-study``), so seeds are enqueued once."""
-    attrs = study.user_attrs
-    if created or key in attrs:
-        return created, attrs
-    deadline = time.monotonic() + timeout
-    wait = 0.05
-    while time.monotonic() < deadline:
-        time.sleep(wait)
-        wait = min(wait * 2, 1.0)
-        attrs = study.user_attrs
-        if key in attrs:
-            return False, attrs
-    return True, attrs
-
-
-def cached_tensors(path: str | os.PathLike, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """``compute()`` cached in the file ``path``: the first worker computes and writes it
-    (atomically, under a file lock next to it), the others wait and load it
-    (``torch.load(weights_only=True)``). For dicts of tensors such as strategy scores."""
-    from pathlib import Path
-
-    import torch
-    from filelock import FileLock
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if path.is_file():
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # noqa: BLE001 - a damaged cache is recomputed
-                log.warning("ignoring the unreadable cache %s: %s", path, exc)
-        value = compute()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            torch.save({k: v.detach().cpu() if hasattr(v, "detach") else v for k, v in value.items()}, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return value
 
 
 # ---------------------------------------------------------------------------------------------

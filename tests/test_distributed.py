@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from conftest_pg import pg_url, postgres_server  # noqa: F401 - pytest fixtures
 from sparsesearch.storage import RETRY_OF_ATTR, WORKER_ATTR, make_storage
-from sparsesearch.workers import SURPLUS_ATTR
+from sparsesearch.runner import SURPLUS_ATTR
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

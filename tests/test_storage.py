@@ -23,7 +23,7 @@ from sparsesearch.storage import (
     resolve_storage_spec,
     storage_label,
 )
-from sparsesearch.workers import run_study
+from sparsesearch.runner import run_study
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 

@@ -13,17 +13,16 @@ from optuna.trial import TrialState
 
 from sparsesearch.errors import SparsesearchError
 from sparsesearch.storage import HEARTBEAT_ATTR, RETRY_OF_ATTR, make_storage
-from sparsesearch.workers import (
+from sparsesearch.runner import (
     SURPLUS_ATTR,
     _guard,
     cached_tensors,
     count_trials,
     create_study_once,
     optimize_until,
-    resume_hint,
     setup_owner,
-    split_trials,
 )
+from sparsesearch.workers import resume_hint, split_trials
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 
@@ -189,7 +188,7 @@ def test_cached_tensors_computes_once_and_shares(tmp_path):
 
 @pytest.mark.parametrize("max_complete", [None, 3])
 def test_a_trial_failed_meanwhile_by_another_worker_is_not_fatal(tmp_path, max_complete, caplog):
-    from sparsesearch.workers import run_study
+    from sparsesearch.runner import run_study
 
     study = _study(tmp_path / "j.log")
     other = _study(tmp_path / "j.log")  # another worker's view of the study
