@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from difflib import get_close_matches
 from typing import Any, Mapping, Sequence
 
 import optuna
@@ -121,8 +122,6 @@ class ComputeBudget:
             valid = [f.name for f in dataclasses.fields(cls)]
             for key in value:
                 if key not in valid:
-                    from difflib import get_close_matches
-
                     m = get_close_matches(key, valid, n=1)
                     hint = f"; did you mean {m[0]!r}?" if m else f"; valid keys: {', '.join(valid)}"
                     raise SparsesearchError(f"unknown compute key {key!r}{hint}")

@@ -22,11 +22,14 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from sparsesearch.compact import dependent_masks
+from sparsesearch.data import as_splits
 from sparsesearch.errors import SparsesearchError
 from sparsesearch.layers import find_layers
 from sparsesearch.prune import apply_sparsity
 from sparsesearch.plugins import get_strategy
 from sparsesearch.score import DEFAULT_GRADIENT_BATCHES, compute_scores
+from sparsesearch.train import fit
 
 __all__ = ["FORMAT", "Recipe", "Replay", "RetrainSettings", "apply_recipe", "load_recipe", "replay"]
 
@@ -221,9 +224,6 @@ def replay(
     """:func:`apply_recipe`, returning a :class:`Replay` (model, per-epoch validation
     accuracy, epochs trained). ``on_epoch(epoch, val_accuracy)`` may raise to stop training
     (the search's pruner does); epochs are counted from 0 over the whole recipe."""
-    from sparsesearch.data import as_splits
-    from sparsesearch.train import fit
-
     if isinstance(recipe, (str, Path)):
         recipe = load_recipe(recipe)
     elif isinstance(recipe, Mapping):
@@ -263,8 +263,6 @@ def replay(
             step_scores = compute_scores(work, layers, strategy, **score_kw)
         apply_sparsity(layers, step_scores, step_amount, strategy.granularity)
         if strategy.granularity == "channel":
-            from sparsesearch.compact import dependent_masks
-
             dependent_masks(work, example)
         if on_masked is not None:
             on_masked(work, step == steps - 1)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import optuna
 import torch
+from filelock import FileLock
 from torch import nn
 
 from sparsesearch import plugins, record
@@ -865,8 +866,6 @@ class _BudgetStop:
 def _enqueue_finals(study: optuna.Study, compute: ComputeBudget, run_dir: Path) -> int:
     """Enqueue the finalists once per study (file lock between local workers); return how
     many finalists are still WAITING."""
-    from filelock import FileLock
-
     with FileLock(str(run_dir / ".finals.lock")):
         if not study.user_attrs.get(record.FINALS_ENQUEUED):
             trials = study.get_trials(deepcopy=False)
