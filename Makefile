@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(VENV)/bin/sparsesearch run
 
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/equal_compute.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
