@@ -32,7 +32,7 @@ def _search(tmp_path, name="t", runs=None, **kw):
         dense=DENSE, space=SPACE, compute=COMPUTE, runs_dir=runs or tmp_path / "runs", seed=0,
     )
     args.update(kw)
-    return sparsesearch.search("digits-mlp", "digits", args.pop("budget", 0.08), **args)
+    return sparsesearch.search(args.pop("model", "digits-mlp"), "digits", args.pop("budget", 0.08), **args)
 
 
 @pytest.fixture(scope="module")
@@ -347,3 +347,37 @@ def test_the_final_learning_rate_is_rechosen_at_full_fidelity(tmp_path, runs_dir
         assert t.user_attrs["recipe"]["retrain"]["lr"] == pytest.approx(src.params["lr"] * t.user_attrs["lr_scale"])
         assert t.user_attrs["epochs"] == int(24 * 0.6 / 2)
     assert r.best_trial in finals
+
+
+def test_a_dense_model_at_chance_level_is_warned_about(tmp_path, caplog):
+    import logging
+
+    torch.manual_seed(0)
+    untrained = sparsesearch.build_model("digits-mlp", num_classes=10)
+    with torch.no_grad():
+        for p in untrained.parameters():
+            p.zero_()  # constant outputs: exactly chance level
+    with caplog.at_level(logging.WARNING, logger="sparsesearch"):
+        r = _search(tmp_path, name="chance", model=untrained, trained=True, n_trials=1,
+                    compute={"epochs": 4, "finalists": 0})
+    assert any("at chance level on validation" in rec.getMessage() for rec in caplog.records)
+    assert r.study.metric_names == ["val_accuracy"]
+
+
+def test_seed_scoring_that_raises_leaves_out_only_its_seeds(tmp_path, runs_dir, caplog):
+    import logging
+
+    sparsesearch.plugins.register_plugin(
+        type("P", (), {"sparsesearch_register_strategies": staticmethod(
+            sparsesearch.hookimpl(lambda register: register(Exploding())))})(), name="exploding-seed")
+    try:
+        with caplog.at_level(logging.WARNING, logger="sparsesearch"):
+            r = _search(tmp_path, name="xs", runs=runs_dir, strategies=["exploding", "magnitude"],
+                        heuristics=["lamp", "uniform"], n_trials=4,
+                        space={**SPACE, "allocation": "layers"}, compute={"epochs": 12, "finalists": 0})
+        msgs = [rec.getMessage() for rec in caplog.records]
+        assert any("seed trials are left out" in m and "exploding" in m and "boom" in m for m in msgs)
+        seeds = [t for t in r.study.trials if t.user_attrs.get("heuristic")]
+        assert {t.user_attrs["heuristic"] for t in seeds} == {"uniform"}
+    finally:
+        sparsesearch.plugins.reset_plugins()
