@@ -100,12 +100,21 @@ class SearchResult:
 
     def summary(self) -> str:
         t = "n/a" if self.test_accuracy is None else f"{self.test_accuracy:.4f}"
+        attrs = self.best_trial.user_attrs
+        what = self.recipe.strategy + (f", {attrs['heuristic']}" if attrs.get("heuristic") else "")
+        if attrs.get(record.PHASE) == record.FINAL:
+            what += f", finalist of #{attrs.get(record.FINALIST_OF)}"
+        if self.budget_metric == "macs":
+            total = self.study.user_attrs.get(record.TOTAL_MACS, 0)
+            size = (f"MACs {attrs.get(record.MACS, '?')}/{total} per sample (budget {self.budget_params} "
+                    f"MACs); params {self.params}/{self.total_params}")
+        else:
+            size = (f"params {self.params}/{self.total_params} ({self.compression:.1f}x; budget "
+                    f"{self.budget_params})")
         return (
-            f"best trial #{self.best_trial.number} ({self.recipe.strategy}"
-            f"{', ' + self.best_trial.user_attrs['heuristic'] if self.best_trial.user_attrs.get('heuristic') else ''}): "
-            f"val {self.val_accuracy:.4f}, test {t}, params {self.params}/{self.total_params} "
-            f"({self.compression:.1f}x; budget {self.budget_params}); dense val "
-            f"{self.dense_val_accuracy:.4f}"
+            f"best trial #{self.best_trial.number} ({what}): val {self.val_accuracy:.4f}, test {t}, "
+            f"{size}; dense val {self.dense_val_accuracy:.4f}; fine-tuning epochs "
+            f"{self.epochs_trained}/{self.compute_budget:g}"
         )
 
 

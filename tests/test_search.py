@@ -326,6 +326,8 @@ def test_mac_budget_is_met_by_every_trial(tmp_path, runs_dir):
     for t in complete:
         assert t.user_attrs["macs"] <= attrs["budget_macs"]
     assert count_macs(r.model, x, nonzero=True) <= attrs["budget_macs"]
+    summary = r.summary()
+    assert f"(budget {attrs['budget_macs']} MACs)" in summary and f"/{total} per sample" in summary
 
 
 def test_model_that_does_not_fit_the_data_is_one_clear_error(tmp_path, runs_dir):
