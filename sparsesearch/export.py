@@ -33,6 +33,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
+from sparsesearch import record
 from sparsesearch.errors import SparsesearchError
 from sparsesearch.recipe import Recipe
 
@@ -259,11 +260,17 @@ def config_from_study(study: optuna.Study, *, trust: bool = False):
 
         check_trusted(SimpleNamespace(model=settings.get("model"), data=settings.get("data")),
                       study.study_name)
+    metric = attrs.get(record.BUDGET_METRIC, "params")
+    identity = attrs.get(record.IDENTITY) if isinstance(attrs.get(record.IDENTITY), Mapping) else {}
+    budget = identity.get("budget", attrs.get(record.budget_key(metric)))
+    if not isinstance(budget, (int, float)) or isinstance(budget, bool):
+        raise SparsesearchError(f"study {study.study_name!r} records no {record.budget_key(metric)}")
     return StudyConfig(
         name=study.study_name,
         model=settings["model"],
         data=settings["data"],
-        budget=int(attrs.get("budget_params", 1)),
+        budget=budget,
+        budget_metric=metric,
         seed=int(settings.get("seed", 0)),
         objective=settings.get("objective", "accuracy"),
         dense=dict(settings.get("dense") or {}),

@@ -12,7 +12,7 @@ Trial attributes (``trial.user_attrs``)::
 
     phase ("screen" | "final"), finalist_of, lr_scale, heuristic, strategy, granularity, sparsity,
     params, macs, recipe, epochs, val_accuracy, val_loss, pruned_at_epoch, stop_reason,
-    fail_reason, traceback
+    fail_reason, traceback, surplus
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ PRUNED_AT = "pruned_at_epoch"
 STOP_REASON = "stop_reason"
 FAIL_REASON = "fail_reason"
 TRACEBACK = "traceback"
+SURPLUS = "surplus"  # a trial PRUNED because several workers asked for the last place
 
 
 def budget_key(metric: str) -> str:

@@ -34,6 +34,7 @@ from filelock import FileLock
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from sparsesearch import record
 from sparsesearch.errors import SparsesearchError
 from sparsesearch.storage import _RUN_ATTRS, describe_storage_error, is_storage_error
 
@@ -51,7 +52,7 @@ __all__ = [
 
 log = logging.getLogger("sparsesearch")
 
-SURPLUS_ATTR = "surplus"
+SURPLUS_ATTR = record.SURPLUS
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
 # user/system attributes of a queued trial that are not carried to its re-queued copy

@@ -47,6 +47,7 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from sparsesearch import record
 from sparsesearch.errors import SparsesearchError
 
 __all__ = [
@@ -78,9 +79,12 @@ RETRY_OF_ATTR = "retry_of"  # user attr of a re-run: number of the original (sta
 MAX_RETRY = 3
 
 # user attributes a trial writes while it runs: not carried over to its retry
+# what a run writes on a trial: not carried to the retry of a failed trial (the retry keeps
+# the trial's inputs: phase, finalist_of, lr_scale, heuristic)
 _RUN_ATTRS = frozenset({
-    "strategy", "granularity", "sparsity", "params", "recipe", "val_accuracy", "pruned_at_epoch",
-    "fail_reason", "traceback", "surplus",
+    record.STRATEGY, record.GRANULARITY, record.SPARSITY, record.PARAMS, record.MACS, record.RECIPE,
+    record.EPOCHS, record.VAL_ACCURACY, record.VAL_LOSS, record.PRUNED_AT, record.STOP_REASON,
+    record.FAIL_REASON, record.TRACEBACK, record.SURPLUS,
 })
 FAIL_REASON_ATTR = "fail_reason"
 

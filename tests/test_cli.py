@@ -257,3 +257,64 @@ def test_a_bug_exits_1_with_a_traceback(monkeypatch, capsys):
 def test_scrub_masks_passwords():
     assert scrub("x postgresql://u:p@h/d\nmysql+pymysql://a:b@c:3/d") == "x postgresql://u:***@h/d mysql+pymysql://a:***@c:3/d"
     assert scrub("sqlite:///runs/x/study.db") == "sqlite:///runs/x/study.db"
+
+
+MAC_STUDY = """\
+[study]
+name = "macs"
+seed = 0
+n_trials = 4
+
+[model]
+name = "digits-cnn"
+
+[data]
+name = "digits"
+
+[budget]
+macs_fraction = 0.3
+
+[search]
+strategies = ["l1-filter"]
+heuristics = ["uniform", "lamp"]
+
+[space]
+epochs = 2
+
+[compute]
+epochs = 16
+
+[dense]
+epochs = 3
+lr = 0.1
+optimizer = "sgd"
+"""
+
+
+def test_a_mac_budget_study_with_two_workers_is_reported_and_exported(tmp_path):
+    """The MAC-budget bugs of round 1: the second worker must not enqueue the seeds again (it
+    waited for budget_params), the report shows the MAC budget, export rebuilds the study with
+    its MAC budget (not budget=1)."""
+    (tmp_path / "macs.toml").write_text(MAC_STUDY)
+    run = run_cli("run", "macs.toml", "--workers", 2, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    storage = f"journal:{tmp_path / 'runs' / 'macs' / 'journal.log'}"
+    from sparsesearch.storage import make_storage
+
+    study = optuna.load_study(study_name="macs", storage=make_storage(storage, study_name="macs",
+                                                                       heartbeat_interval=None))
+    attrs = study.user_attrs
+    assert attrs["budget_metric"] == "macs" and "budget_params" not in attrs
+    seeds = [t for t in study.trials if t.user_attrs.get("heuristic") and t.user_attrs.get("phase") != "final"]
+    assert sorted(t.user_attrs["heuristic"] for t in seeds) == ["lamp", "uniform"]  # enqueued once
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        assert t.user_attrs["macs"] <= attrs["budget_macs"]
+    report = (tmp_path / "runs" / "macs" / "report.md").read_text()
+    assert f"at most {attrs['budget_macs']:,} of {attrs['total_macs']:,} multiply-accumulates" in report
+    exported = run_cli("export", "--storage", storage, "--study-name", "macs", "--out", "out", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    assert "budget=1" not in exported.stdout + exported.stderr
+    from sparsesearch.export import config_from_study
+
+    cfg = config_from_study(study)
+    assert cfg.budget_metric == "macs" and cfg.budget == 0.3
