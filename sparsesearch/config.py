@@ -124,10 +124,10 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
     "compute": {
         "epochs": ("number>0", "the study's fine-tuning compute: epochs over the training split, "
                                "screening and finalists (default 4 x the dense epochs)"),
-        "final_share": ("fraction", "share of the compute for the finalists (default 0.6)"),
+        "final_share": ("fraction", "share of the compute for the finalists (default 0.7)"),
         "finalists": ("int>=0", "screening trials retrained at full fidelity (default 1; 0 = none)"),
         "final_lr_scales": ("list", "each finalist is retrained at its screening lr times each "
-                                    "of these (default [1, 0.333])"),
+                                    "of these (default [1]: the screening lr)"),
         "final_prune_steps": ("int>=1", "gradual prune events of a finalist (default: one per "
                                         "4 epochs, 2 to 8)"),
         "final_kd_weight": ("number>=0", "distillation weight in the finalists' training "

@@ -13,7 +13,7 @@ The compute is spent in two phases:
    that would overrun it is stopped (PRUNED, reason "compute budget spent").
 2. **Finalists** (``final_share``): the ``finalists`` best COMPLETE screening trials are
    retrained from the dense model with the full regime, once per learning-rate scale of
-   ``final_lr_scales`` (the screening rate, and a third of it): ``final_share · budget /
+   ``final_lr_scales`` (default: once, at the screening rate): ``final_share · budget /
    (finalists · len(final_lr_scales))`` epochs each, gradual pruning (Zhu & Gupta, ``final_prune_steps`` events over the first
    ``prune_window`` of the epochs, one warm-up + cosine schedule) and optional distillation.
    The final model is chosen among them on validation (see :func:`choose_final`).
@@ -72,9 +72,9 @@ class ComputeBudget:
     """
 
     epochs: float | None = None
-    final_share: float = 0.6
+    final_share: float = 0.7
     finalists: int = 1
-    final_lr_scales: tuple[float, ...] = (1.0, 1 / 3)
+    final_lr_scales: tuple[float, ...] = (1.0,)
     final_prune_steps: int | None = None
     final_kd_weight: float = 0.0
     final_kd_temperature: float = 4.0
@@ -141,14 +141,14 @@ class ComputeBudget:
         return float(self.epochs)
 
     @property
-    def screen_epochs(self) -> float:
-        """Epochs the screening may spend."""
-        return self.total * (1.0 - self.final_share) if self.finalists else self.total
+    def screen_epochs(self) -> int:
+        """Epochs the screening may spend: what the finalists leave (whole epochs)."""
+        return int(math.floor(self.total + 1e-9)) - self.final_runs * self.final_epochs()
 
     @property
     def final_runs(self) -> int:
-        """Finalist trainings: ``finalists × len(final_lr_scales)``."""
-        return self.finalists * len(self.final_lr_scales)
+        """Finalist trainings: ``finalists × len(final_lr_scales)`` (0 without finalists)."""
+        return self.finalists * len(self.final_lr_scales) if self.final_share else 0
 
     def final_epochs(self) -> int:
         """Epochs of each finalist training (0 without finalists)."""

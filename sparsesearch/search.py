@@ -326,6 +326,8 @@ class _Objective:
         # screening: what is left of its share of the compute when this trial starts
         left = (self.compute.screen_epochs - epochs_spent(study.get_trials(deepcopy=False), record.SCREEN)
                 if screen else math.inf)
+        if left < 1:  # another worker spent the last of it meanwhile
+            self._stop(trial, 0, "compute budget spent")
         done = [0]
 
         def on_epoch(epoch: int, acc: float) -> None:
@@ -333,13 +335,13 @@ class _Objective:
             if not math.isfinite(acc):
                 raise SparsesearchError(f"validation accuracy is not finite at epoch {epoch}")
             if self.multi_objective:
-                if screen and done[0] < max_epochs and done[0] >= left:
+                if screen and done[0] < max_epochs and done[0] + 1 > left:
                     self._stop(trial, done[0], "compute budget spent")
                 return
             trial.report(acc, done[0])
             if not screen or done[0] >= max_epochs:
                 return
-            if done[0] >= left:
+            if done[0] + 1 > left:  # the next epoch would overrun the screening's share
                 self._stop(trial, done[0], "compute budget spent")
             if trial.should_prune():
                 trial.set_user_attr(record.PRUNED_AT, done[0])
@@ -671,7 +673,7 @@ def _search(
         strategies: strategy names searched over (a categorical dimension).
         compute: the study's fine-tuning compute: epochs (a number) or a
             :class:`sparsesearch.ComputeBudget` / dict of its fields (default: 4 × the dense
-            training's epochs, 60% of it for the finalists).
+            training's epochs, 70% of it for the finalist).
         n_trials: at most this many screening trials in this call (default: until the
             screening share of ``compute`` is spent).
         timeout: seconds of screening in this call (the finalists still train).

@@ -340,7 +340,8 @@ def test_model_that_does_not_fit_the_data_is_one_clear_error(tmp_path, runs_dir)
 
 
 def test_the_final_learning_rate_is_rechosen_at_full_fidelity(tmp_path, runs_dir):
-    r = _search(tmp_path, name="lrs", runs=runs_dir, compute={"epochs": 24})  # default finalists
+    r = _search(tmp_path, name="lrs", runs=runs_dir, compute={"epochs": 24, "final_share": 0.6,
+                                                              "final_lr_scales": [1.0, 1 / 3]})
     finals = [t for t in r.study.trials if t.user_attrs.get("phase") == "final"]
     assert [t.user_attrs["lr_scale"] for t in finals] == pytest.approx([1.0, 1 / 3])
     src = r.study.trials[finals[0].user_attrs["finalist_of"]]
@@ -383,3 +384,13 @@ def test_seed_scoring_that_raises_leaves_out_only_its_seeds(tmp_path, runs_dir, 
         assert {t.user_attrs["heuristic"] for t in seeds} == {"uniform"}
     finally:
         sparsesearch.plugins.reset_plugins()
+
+
+@pytest.mark.parametrize("epochs", [7, 13.5])
+def test_the_compute_budget_holds_exactly_with_awkward_numbers(tmp_path, runs_dir, epochs):
+    r = _search(tmp_path, name=f"awk{epochs}", runs=runs_dir, compute={"epochs": epochs})
+    trials = r.study.trials
+    final = [t for t in trials if t.user_attrs.get("phase") == "final"]
+    assert len(final) == 1 and final[0].user_attrs["epochs"] == int(epochs * 0.7)
+    assert sum(t.user_attrs.get("epochs", 0) for t in trials) <= epochs
+    assert r.epochs_trained <= epochs
