@@ -306,15 +306,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     storage = kwargs["storage"]
     _CURRENT_STORAGE[0] = storage
     _check_storage(storage)
-    limits = []
+    epochs = kwargs["compute"].epochs
+    limits = [f"{epochs:g} fine-tuning epochs" if epochs else "4 x the dense epochs of fine-tuning"]
     if cfg.n_trials is not None:
-        limits.append(f"{cfg.n_trials} trials")
+        limits.append(f"at most {cfg.n_trials} screening trials")
     if cfg.timeout is not None:
         limits.append(f"at most {format_duration(cfg.timeout)}")
     if cfg.max_complete is not None:
         limits.append(f"until {cfg.max_complete} complete")
     # shown with the first trial, so errors before it (data, model, budget) stay one line
-    header = (f"sparsesearch: study {cfg.name!r} in {mask_url(storage)}: adding "
+    header = (f"sparsesearch: study {cfg.name!r} in {mask_url(storage)}: "
               f"{' / '.join(limits)} ({cfg.model} on {cfg.data}, budget {cfg.budget})")
     progress = None if args.quiet else Progress(cfg.n_trials, timeout=cfg.timeout, header=header)
     handler.progress = progress
