@@ -28,6 +28,8 @@ import os
 import warnings
 from typing import Iterator
 
+import optuna
+
 __all__ = ["VERBOSE_ENV", "quiet_optuna"]
 
 VERBOSE_ENV = "SPARSESEARCH_OPTUNA_VERBOSE"
@@ -47,8 +49,6 @@ def quiet_optuna(quiet: bool = True, *, level: int = logging.WARNING) -> Iterato
     if not quiet or _asked_for_output():
         yield
         return
-    import optuna
-
     previous = optuna.logging.get_verbosity()
     lowered = logging.INFO <= previous < level  # Optuna's default is INFO
     with warnings.catch_warnings():

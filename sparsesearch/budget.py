@@ -15,7 +15,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from sparsesearch.compact import dependency_graph, group_scores
 from sparsesearch.errors import BudgetError, SparsesearchError
+from sparsesearch.layers import run_hooked
+from sparsesearch.macs import count_macs
+from sparsesearch.masks import num_to_prune
 from sparsesearch.strategy import Layer
 
 __all__ = [
@@ -146,8 +150,6 @@ class BudgetPlan:
         return {lb.name: (lb.units - keep[lb.name]) / lb.units for lb in self.layers}
 
     def keep_from_sparsity(self, sparsity: Mapping[str, float]) -> dict[str, int]:
-        from sparsesearch.masks import num_to_prune
-
         return {lb.name: lb.units - num_to_prune(sparsity[lb.name], lb.units) for lb in self.layers}
 
     # -- allocations ------------------------------------------------------------------------
@@ -403,8 +405,6 @@ class ChannelBudgetPlan(BudgetPlan):
 
     def group_scores(self, scores: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
         """One score per group channel (``sparsesearch.compact.group_scores``)."""
-        from sparsesearch.compact import group_scores
-
         for lb in self.layers:
             s = scores.get(lb.name)
             if s is None or s.numel() != lb.units:
@@ -464,8 +464,6 @@ def _channel_plan(
     lo_hi: Mapping[str, tuple[float, float]],
     group_score: str,
 ) -> ChannelBudgetPlan:
-    from sparsesearch.compact import dependency_graph
-
     graph = dependency_graph(model, layers, example_input)
     cost = graph.costs[metric]
     full = torch.tensor([g.size for g in graph.groups], dtype=torch.long)
@@ -552,8 +550,6 @@ def _positions(model: nn.Module, layers: Sequence[Layer], example_input: torch.T
             out[_name] = int(per_sample.numel() // per_sample.shape[0]) if isinstance(
                 module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else int(per_sample.numel() // module.out_features)
         handles.append(layer.module.register_forward_hook(hook))
-    from sparsesearch.layers import run_hooked
-
     run_hooked(model, example_input, handles)
     missing = [layer.name for layer in layers if layer.name not in out]
     if missing:
@@ -593,8 +589,6 @@ def plan_budget(
     if metric == "macs":
         if example_input is None:
             raise SparsesearchError("a MACs budget needs an example input to measure the layers")
-        from sparsesearch.macs import count_macs
-
         total = int(count_macs(model, example_input))
         positions = _positions(model, layers, example_input)
     else:

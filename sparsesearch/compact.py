@@ -61,7 +61,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sparsesearch.errors import SparsesearchError
-from sparsesearch.masks import Mask, apply_mask
+from sparsesearch.layers import find_layers
+from sparsesearch.macs import count_macs
+from sparsesearch.masks import Mask, apply_mask, get_mask
 from sparsesearch.strategy import GRAPH_ATTR as _GRAPH_ATTR
 
 __all__ = [
@@ -1473,8 +1475,6 @@ def dependent_masks(model: nn.Module, example_input: Any = None) -> dict[str, in
             return
         keep = (~todo).to(norm.weight.dtype)
         for tname in ("weight", "bias"):
-            from sparsesearch.masks import get_mask
-
             old = get_mask(norm, tname)
             new = keep.to(getattr(norm, tname).device)
             if old is not None:
@@ -1663,8 +1663,6 @@ def dependency_graph(
     modules (a plain attribute: not in the ``state_dict``, copied by ``copy.deepcopy``), so that
     masking a copy of the model removes tied channels together without tracing again.
     """
-    from sparsesearch.layers import find_layers
-
     if example_input is None:
         raise SparsesearchError("the dependency graph needs an example input")
     if layers is None:
@@ -1710,8 +1708,6 @@ def dependency_graph(
 
 
 def _build_graph(a: _Analysis, names: list[str], shapes, total_params: int, example_input, work) -> DependencyGraph:
-    from sparsesearch.macs import count_macs
-
     n_slots = len(a.parent)
     roots = torch.tensor([a.find(s) for s in range(n_slots)], dtype=torch.long)
     blocked = torch.zeros(n_slots, dtype=torch.bool)  # indexed by root

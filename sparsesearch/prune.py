@@ -8,6 +8,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from sparsesearch.compact import DependencyGraph, dependency_graph, dependent_masks, graph_of
+from sparsesearch.compact import group_scores as _group_scores
 from sparsesearch.errors import SparsesearchError, StrategyError
 from sparsesearch.layers import find_layers
 from sparsesearch.masks import apply_mask, channel_mask_to_weight, exact_mask, get_mask, num_to_prune
@@ -52,8 +54,6 @@ def resolve_sparsity(
 def _channel_groups(layers: Sequence[Layer], groups: Any) -> tuple[list, set[str]]:
     """The dependency groups (of ``groups``, or recorded on the layers' modules) whose members
     are all among ``layers`` with the recorded shapes; and the names they cover."""
-    from sparsesearch.compact import DependencyGraph, graph_of
-
     by_name = {layer.name: layer for layer in layers}
     graphs = []
     if isinstance(groups, DependencyGraph):
@@ -126,8 +126,6 @@ def apply_sparsity(
     """
     tied: set[str] = set()
     if granularity == "channel":
-        from sparsesearch.compact import group_scores as _group_scores
-
         found, tied = _channel_groups(layers, groups)
         by_name = {layer.name: layer for layer in layers}
         for group in found:
@@ -220,8 +218,6 @@ def prune(
         amounts = resolve_sparsity(layers, sparsity, strat.granularity)
     graph = None
     if strat.granularity == "channel" and example_input is not None:
-        from sparsesearch.compact import dependency_graph
-
         try:  # tied channels are removed together; strategies see the graph in their context
             graph = dependency_graph(model, layers, example_input)
         except SparsesearchError:
@@ -234,8 +230,6 @@ def prune(
         amounts = global_amounts(layers, scores, float(sparsity), strat.granularity, groups=graph)
     apply_sparsity(layers, scores, amounts, strat.granularity, groups=graph)
     if strat.granularity == "channel":
-        from sparsesearch.compact import dependent_masks
-
         # a masked filter's BatchNorm would output its shift: mask that too, so the masked
         # model computes what the compacted one does
         dependent_masks(model, example_input)
@@ -262,8 +256,6 @@ def global_amounts(
         return amounts
     found, tied = ([], set())
     if granularity == "channel":
-        from sparsesearch.compact import group_scores as _group_scores
-
         found, tied = _channel_groups(layers, groups)
         found = [g for g in found if all(n in {l.name for l in eligible} for n in g.members)]
         tied = {n for g in found for n in g.members}

@@ -10,10 +10,13 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from sparsesearch import plugins
 from sparsesearch.compact import norm_after
+from sparsesearch.data import load_dataset
 from sparsesearch.errors import PluginFailedError, SparsesearchError, StrategyError
 from sparsesearch.masks import make_permanent
 from sparsesearch.strategy import Layer, ScoreContext, Strategy
+from sparsesearch.train import iterate_batches
 
 __all__ = ["accumulate_gradients", "compute_scores", "DEFAULT_GRADIENT_BATCHES"]
 
@@ -29,11 +32,7 @@ def _is_tensor_pair(data: Any) -> bool:
 
 
 def _batches(data: Any, batch_size: int, seed: int, device: torch.device) -> Iterable:
-    # sparsesearch.data / sparsesearch.train are imported only on the paths that need them:
-    # an iterable of (x, y) batches works without either.
     if isinstance(data, str):
-        from sparsesearch.data import load_dataset
-
         data = load_dataset(data, seed=seed)
     data_module = sys.modules.get("sparsesearch.data")
     splits_type = getattr(data_module, "Splits", None)
@@ -47,8 +46,6 @@ def _batches(data: Any, batch_size: int, seed: int, device: torch.device) -> Ite
     ):
         data = data[0]
     if isinstance(data, torch.utils.data.Dataset):
-        from sparsesearch.train import iterate_batches
-
         gen = torch.Generator().manual_seed(seed)
         return iterate_batches(data, batch_size, shuffle=True, generator=gen, device=device)
     if _is_tensor_pair(data):  # one (x, y) batch
@@ -188,8 +185,6 @@ def compute_scores(
 
 def _failure(strategy: Strategy, layer: str, what: str) -> PluginFailedError:
     """``strategy 'foo' (distribution foo-plugin 1.0) failed on layer 'fc1': <what>``."""
-    from sparsesearch import plugins
-
     source = plugins.strategy_source(strategy)
     return PluginFailedError(
         f"{plugins.describe_strategy(strategy)} failed on layer {layer!r}: {what}",

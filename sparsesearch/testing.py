@@ -671,7 +671,7 @@ def strategy_cases(distribution: str | None = None) -> list[Any]:
 
     Imports pytest (only this function does).
     """
-    import pytest
+    import pytest  # optional: the kit works without pytest (only this function needs it)
 
     return [
         pytest.param(info.strategy, id=info.name)
