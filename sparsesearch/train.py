@@ -12,11 +12,13 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from sparsesearch.data import Splits, TensorSplit
 from sparsesearch.errors import SparsesearchError
+from sparsesearch.models import load_checkpoint
 
 __all__ = [
     "FitResult",
@@ -352,8 +354,6 @@ def train_dense(
     lock next to it lets concurrent workers train once and share the result. The caller picks
     a path that identifies the model, data and training settings.
     """
-    from sparsesearch.models import load_checkpoint
-
     device = resolve_device(device)
 
     def train() -> nn.Module:
@@ -367,8 +367,6 @@ def train_dense(
         return train()
     path = Path(cache_path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    from filelock import FileLock
-
     with FileLock(str(path) + ".lock"):
         if path.is_file():
             return load_checkpoint(model, path).to(device)
