@@ -28,23 +28,29 @@ replace the defaults of ``heartbeat_interval`` / ``grace_period``;
 
 from __future__ import annotations
 
+import datetime
+import importlib.util
 import logging
 import json
 import os
 import random
 import re
 import shutil
+import socket
 import threading
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import unquote
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+from optuna.storages.journal._file import get_lock_file
 from optuna.trial import FrozenTrial, TrialState
 
 from sparsesearch import record
@@ -150,8 +156,6 @@ def url_password(url: str | os.PathLike | None) -> str | None:
 def url_secrets(url: str | os.PathLike | None) -> list[str]:
     """Every form of the secrets in ``url`` (the password as typed and URL-decoded, query
     passwords), to scrub them from any text."""
-    from urllib.parse import unquote
-
     if url is None or not isinstance(url, (str, os.PathLike)):
         return []
     s = os.fspath(url)
@@ -250,8 +254,6 @@ def resolve_storage_spec(
 def _postgres_driver() -> str:
     """The installed PostgreSQL driver for a bare ``postgresql://`` URL: SQLAlchemy 2.1's
     default is psycopg 3, while ``sparsesearch[postgres]`` installs psycopg2."""
-    import importlib.util
-
     for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
         if importlib.util.find_spec(module) is not None:
             return driver
@@ -354,8 +356,6 @@ class _NotesWorker:
         if trial_id in noted:
             return
         noted.add(trial_id)
-        import socket
-
         self.set_trial_system_attr(trial_id, WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
 
 
@@ -444,7 +444,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 def is_connection_error(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) says the database could not be reached: worth a retry."""
-    import sqlalchemy.exc as sa_exc
+    import sqlalchemy.exc as sa_exc  # sqlalchemy is slow to import; only RDB storages need it
 
     for e in _chain(exc):
         if isinstance(e, (sa_exc.DisconnectionError, sa_exc.InterfaceError)):
@@ -511,7 +511,7 @@ class _Retrier:
 
     def attach(self, engine: Any) -> None:
         """Retry later (re)connections of ``engine`` too (e.g. after the server restarted)."""
-        from sqlalchemy import event
+        from sqlalchemy import event  # sqlalchemy is slow to import; only RDB storages need it
 
         def connect(dialect, conn_rec, cargs, cparams):  # noqa: ANN001
             return self("reconnecting", lambda: dialect.connect(*cargs, **cparams))
@@ -565,12 +565,9 @@ class _RDBStorage(_NotesWorker, RDBStorage):
         period (its ``datetime_start``, written by the worker's clock, against this one's;
         Optuna skips such trials, which then stay RUNNING forever). Each stale trial gets its
         ``fail_reason`` first."""
-        import datetime
-
-        import sqlalchemy
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-        from sqlalchemy import orm
+        import sqlalchemy  # sqlalchemy is slow to import; only RDB storages need it
+        from optuna.storages._rdb import models  # imports sqlalchemy (see above)
+        from sqlalchemy import orm  # sqlalchemy is slow to import; only RDB storages need it
 
         assert self.heartbeat_interval is not None
         grace = self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
@@ -618,7 +615,7 @@ class _RDBStorage(_NotesWorker, RDBStorage):
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import make_url  # sqlalchemy is slow to import; only RDB storages need it
 
     backend = make_url(url).get_backend_name()
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
@@ -628,7 +625,7 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
 
 
 def _open_rdb(url: str, *, heartbeat_interval, grace_period, connect_retries, retry_wait) -> RDBStorage:
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import make_url  # sqlalchemy is slow to import; only RDB storages need it
 
     try:
         parsed = make_url(url)
@@ -769,9 +766,6 @@ def repair_journal(path: str | os.PathLike) -> Path | None:
         f.seek(-1, os.SEEK_END)
         if f.read(1) == b"\n":
             return None  # the usual case: one byte read
-    from optuna.storages.journal import JournalFileSymlinkLock
-    from optuna.storages.journal._file import get_lock_file
-
     with get_lock_file(JournalFileSymlinkLock(str(path))):  # no writer is mid-append now
         data = path.read_bytes()
         if not data or data.endswith(b"\n"):
