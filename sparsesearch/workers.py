@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shlex
 import signal
 import sys
 import time
@@ -27,6 +28,7 @@ import warnings
 from typing import Any, Mapping, Sequence
 
 import optuna
+import torch
 
 from sparsesearch.errors import SparsesearchError
 from sparsesearch.runner import (  # noqa: F401 - the runner's names, re-exported
@@ -41,6 +43,8 @@ from sparsesearch.runner import (  # noqa: F401 - the runner's names, re-exporte
     setup_owner,
     terminate_like_interrupt,
 )
+from sparsesearch.search import search
+from sparsesearch.storage import BaseStorage, make_storage, resolve_storage_spec, storage_label
 
 __all__ = [
     "SURPLUS_ATTR",
@@ -99,13 +103,9 @@ def _worker_main(index: int, kwargs: dict[str, Any], threads: int, level: int, e
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the parent reports progress
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
-        import torch
-
         torch.set_num_threads(threads)
         if rng_state is not None:  # the parent's: same initial weights, same dense cache key
             torch.set_rng_state(rng_state)
-        from sparsesearch.search import search
-
         search(**kwargs)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -130,8 +130,6 @@ class _WorkerFormatter(logging.Formatter):
 
 
 def _open_for_watching(spec: str, study_name: str, runs_dir: Any) -> optuna.Study | None:
-    from sparsesearch.storage import make_storage
-
     try:
         storage = make_storage(spec, study_name=study_name, runs_dir=runs_dir,
                                heartbeat_interval=None, connect_retries=0)
@@ -165,8 +163,6 @@ def run_workers(
     :class:`SparsesearchError` with its message once all workers ended; a worker killed by a
     signal only logs a warning (the others re-run its trial, see heartbeats).
     """
-    from sparsesearch.storage import BaseStorage, resolve_storage_spec
-
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise SparsesearchError(f"the number of workers must be an int >= 1, got {n!r}")
     kw = dict(search_kwargs)
@@ -189,8 +185,6 @@ def run_workers(
     threads = threads_per_worker or max(1, _cpu_count() // n)
     evaluate_test = kw.pop("evaluate_test", True)
     per_worker = split_trials(kw.get("n_trials"), n)
-    import torch
-
     rng_state = torch.get_rng_state()  # a model built by name gets the same initial weights
     # in every worker and in the final load here (so the dense cache is shared)
     ctx = multiprocessing.get_context("spawn")
@@ -251,8 +245,6 @@ def run_workers(
         raise SparsesearchError("; ".join(problems))
     if interrupted:
         raise KeyboardInterrupt
-    from sparsesearch.search import search
-
     final = dict(kw, n_trials=0, timeout=None, max_complete=None, evaluate_test=evaluate_test,
                  show_progress=False, callbacks=())
     torch.set_rng_state(rng_state)
@@ -260,8 +252,6 @@ def run_workers(
 
 
 def _label(spec: str) -> str:
-    from sparsesearch.storage import storage_label
-
     return storage_label(spec)
 
 
@@ -306,8 +296,6 @@ def resume_hint(
 ) -> str:
     """The line printed after Ctrl-C: how to resume ``study_name`` in ``storage`` (a URL,
     ``journal:PATH``, a storage object or None for the run folder's default). No I/O."""
-    from sparsesearch.storage import storage_label
-
     target = str(study_file) if study_file is not None else "STUDY.toml"
     cmd = ["sparsesearch", "run", _quote(target), "--study-name", _quote(study_name)]
     where = "the run folder's default storage"
@@ -324,6 +312,4 @@ def resume_hint(
 
 
 def _quote(s: str) -> str:
-    import shlex
-
     return shlex.quote(s)
