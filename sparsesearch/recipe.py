@@ -180,32 +180,17 @@ class Replay:
 
 
 def apply_recipe(
-    model: nn.Module,
-    recipe: "Recipe | Mapping[str, Any] | str | Path",
-    data: Any,
-    *,
-    device: str | torch.device = "cpu",
-    scores: Mapping[str, torch.Tensor] | None = None,
-    teacher: nn.Module | None = None,
-    on_epoch: Callable[[int, float], None] | None = None,
-    on_masked: Callable[[nn.Module, bool], None] | None = None,
-    retrain: bool = True,
-    inplace: bool = False,
+    model: nn.Module, recipe: "Recipe | Mapping[str, Any] | str | Path", data: Any, **options: Any,
 ) -> nn.Module:
     """Replay ``recipe`` on ``model`` (the dense starting point) and return the pruned model.
 
     ``data`` is a dataset name, a :class:`sparsesearch.data.Splits` or a ``(train, val[, test])``
-    tuple. ``scores`` are the strategy's scores of the dense model when already computed (the
-    search passes its per-study cache). With ``retrain=False`` only the masks are applied
-    (one step, the final amounts). ``on_masked(model, final)`` is called after each prune
-    step's masks are applied, before its fine-tuning (the search checks structured counts
-    there). Masks stay on the returned model; call :func:`sparsesearch.make_permanent` to bake
-    them in. :func:`replay` does the same and also returns the fit history.
+    tuple. The keyword options are :func:`replay`'s (``device``, ``scores``, ``teacher``,
+    ``on_epoch``, ``on_masked``, ``retrain``, ``inplace``). Masks stay on the returned model;
+    call :func:`sparsesearch.make_permanent` to bake them in. :func:`replay` does the same and
+    also returns the fit history.
     """
-    return replay(
-        model, recipe, data, device=device, scores=scores, teacher=teacher, on_epoch=on_epoch,
-        on_masked=on_masked, retrain=retrain, inplace=inplace,
-    ).model
+    return replay(model, recipe, data, **options).model
 
 
 def replay(
@@ -221,9 +206,16 @@ def replay(
     retrain: bool = True,
     inplace: bool = False,
 ) -> Replay:
-    """:func:`apply_recipe`, returning a :class:`Replay` (model, per-epoch validation
-    accuracy, epochs trained). ``on_epoch(epoch, val_accuracy)`` may raise to stop training
-    (the search's pruner does); epochs are counted from 0 over the whole recipe."""
+    """Replay ``recipe`` on ``model`` (the dense starting point): a :class:`Replay` (the pruned
+    model, per-epoch validation accuracy, epochs trained).
+
+    ``scores`` are the strategy's scores of the dense model when already computed (the search
+    passes its per-study cache). With ``retrain=False`` only the masks are applied (one step,
+    the final amounts). ``on_masked(model, final)`` is called after each prune step's masks are
+    applied, before its fine-tuning (the search checks structured counts there).
+    ``on_epoch(epoch, val_accuracy)`` may raise to stop training (the search's pruner does);
+    epochs are counted from 0 over the whole recipe. A copy of ``model`` is pruned unless
+    ``inplace``."""
     if isinstance(recipe, (str, Path)):
         recipe = load_recipe(recipe)
     elif isinstance(recipe, Mapping):

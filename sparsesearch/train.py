@@ -113,39 +113,9 @@ def _on(dataset: Dataset | None, device: torch.device) -> Dataset | None:
     return dataset.to(device) if isinstance(dataset, TensorSplit) else dataset
 
 
-def evaluate(
-    model: nn.Module,
-    dataset: Dataset,
-    *,
-    batch_size: int = 1024,
-    device: str | torch.device = "cpu",
-) -> float:
-    """Top-1 accuracy of ``model`` on ``dataset``, in [0, 1] (eval mode, no grad).
-
-    The model is moved to ``device``; its previous train/eval mode is restored.
-    """
-    if len(dataset) == 0:  # type: ignore[arg-type]
-        raise ValueError("cannot evaluate on an empty dataset")
-    device = resolve_device(device)
-    model.to(device)
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    total = 0
-    try:
-        with torch.no_grad():
-            for x, y in iterate_batches(_on(dataset, device), batch_size, shuffle=False, device=device):
-                correct += (model(x).argmax(dim=1) == y).sum()
-                total += len(y)
-    finally:
-        model.train(was_training)
-    return float(correct.item()) / total
-
-
-def evaluate_loss(
-    model: nn.Module, dataset: Dataset, *, batch_size: int = 1024, device: str | torch.device = "cpu",
-) -> float:
-    """Mean cross-entropy of ``model`` on ``dataset`` (eval mode, no grad; mode restored)."""
+def _eval_sum(model: nn.Module, dataset: Dataset, batch_size: int, device: str | torch.device,
+              per_batch: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> float:
+    """Σ ``per_batch(logits, y)`` over ``dataset`` / its size (eval mode, no grad; mode restored)."""
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ValueError("cannot evaluate on an empty dataset")
     device = resolve_device(device)
@@ -157,11 +127,33 @@ def evaluate_loss(
     try:
         with torch.no_grad():
             for x, y in iterate_batches(_on(dataset, device), batch_size, shuffle=False, device=device):
-                total += F.cross_entropy(model(x), y, reduction="sum").double()
+                total += per_batch(model(x), y).double()
                 n += len(y)
     finally:
         model.train(was_training)
     return float(total.item()) / n
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int = 1024,
+    device: str | torch.device = "cpu",
+) -> float:
+    """Top-1 accuracy of ``model`` on ``dataset``, in [0, 1] (eval mode, no grad).
+
+    The model is moved to ``device``; its previous train/eval mode is restored.
+    """
+    return _eval_sum(model, dataset, batch_size, device, lambda out, y: (out.argmax(dim=1) == y).sum())
+
+
+def evaluate_loss(
+    model: nn.Module, dataset: Dataset, *, batch_size: int = 1024, device: str | torch.device = "cpu",
+) -> float:
+    """Mean cross-entropy of ``model`` on ``dataset`` (eval mode, no grad; mode restored)."""
+    return _eval_sum(model, dataset, batch_size, device,
+                     lambda out, y: F.cross_entropy(out, y, reduction="sum"))
 
 
 def _check_fit_args(
