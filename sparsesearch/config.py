@@ -25,7 +25,12 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from sparsesearch.budget import HEURISTICS
 from sparsesearch.errors import SparsesearchError
+from sparsesearch.fidelity import ComputeBudget
+from sparsesearch.search import DenseSettings
+from sparsesearch.space import SearchSpace
+from sparsesearch.storage import check_study_name, mask_url, resolve_storage_spec
 
 __all__ = [
     "ConfigError",
@@ -214,10 +219,6 @@ class StudyConfig:
     def storage_url(self, runs_dir: str | os.PathLike = "runs") -> str:
         """The storage: ``storage``, else the run folder's default (``sqlite:///RUNS/NAME/study.db``,
         or ``journal:RUNS/NAME/journal.log`` when only a journal exists there)."""
-        try:
-            from sparsesearch.storage import resolve_storage_spec
-        except ImportError:  # pragma: no cover
-            return self.storage or f"sqlite:///{Path(runs_dir) / self.name / 'study.db'}"
         return resolve_storage_spec(self.storage or None, study_name=self.name, runs_dir=runs_dir)
 
     def search_kwargs(self, runs_dir: str | os.PathLike = "runs") -> dict[str, Any]:
@@ -225,10 +226,6 @@ class StudyConfig:
 
         ``model``, ``data`` and ``budget`` are included; ``storage`` is the resolved URL.
         """
-        from sparsesearch.fidelity import ComputeBudget
-        from sparsesearch.search import DenseSettings
-        from sparsesearch.space import SearchSpace
-
         kw: dict[str, Any] = {
             "model": self.model,
             "data": self.data,
@@ -271,8 +268,6 @@ class StudyConfig:
 
         Never holds credentials: the storage URL's password is masked (``user:***@host``),
         since anyone who can open the study reads its attributes."""
-        from sparsesearch.storage import mask_url
-
         d = dataclasses.asdict(self)
         if d.get("storage"):
             d["storage"] = mask_url(d["storage"])
@@ -497,10 +492,6 @@ def parse_study(doc: Mapping[str, Any], *, path: str | os.PathLike | None = None
 def validate(cfg: StudyConfig, *, where: str = "") -> None:
     """Checks that need the library: the search space and dense settings construct, the
     strategies and heuristics exist. Raises :class:`ConfigError` (one line)."""
-    from sparsesearch.budget import HEURISTICS
-    from sparsesearch.search import DenseSettings
-    from sparsesearch.space import SearchSpace
-
     if not cfg.strategies:
         raise ConfigError(f"{where}search.strategies is empty: name at least one strategy")
     for h in cfg.heuristics or ():
@@ -513,8 +504,6 @@ def validate(cfg: StudyConfig, *, where: str = "") -> None:
         SearchSpace.from_mapping(cfg.space)
     except SparsesearchError as exc:
         raise ConfigError(f"{where}[space]: {exc}") from None
-    from sparsesearch.fidelity import ComputeBudget
-
     try:
         ComputeBudget.from_mapping(cfg.compute)
     except SparsesearchError as exc:
@@ -523,8 +512,6 @@ def validate(cfg: StudyConfig, *, where: str = "") -> None:
         DenseSettings(**cfg.dense)
     except (TypeError, ValueError) as exc:  # pragma: no cover - keys are schema-checked
         raise ConfigError(f"{where}[dense]: {exc}") from None
-    from sparsesearch.storage import check_study_name
-
     try:
         check_study_name(cfg.name, what="study.name")
     except SparsesearchError as exc:
