@@ -26,6 +26,7 @@ import logging
 import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Mapping
 
 import optuna
@@ -34,8 +35,17 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from sparsesearch import record
+from sparsesearch.budget import count_params
+from sparsesearch.compact import compact
+from sparsesearch.config import StudyConfig
+from sparsesearch.data import list_datasets
 from sparsesearch.errors import SparsesearchError
-from sparsesearch.recipe import Recipe
+from sparsesearch.masks import make_permanent
+from sparsesearch.models import list_models, read_state_file
+from sparsesearch.recipe import Recipe, apply_recipe
+from sparsesearch.search import best_trial, prepare_dense_model
+from sparsesearch.storage import run_folder
+from sparsesearch.train import evaluate, resolve_device
 
 __all__ = [
     "ExportResult",
@@ -107,7 +117,7 @@ def save_state_dict(model_or_state: nn.Module | Mapping[str, torch.Tensor], path
                     f"cannot write {path}: the safetensors package is not installed "
                     "(pip install safetensors, or use a .pt file)"
                 )
-            from safetensors.torch import save_file
+            from safetensors.torch import save_file  # safetensors is optional (extra 'safetensors')
 
             save_file(state, str(tmp), metadata={"format": "pt", "producer": "sparsesearch"})
         else:
@@ -129,15 +139,13 @@ def save_state_dict(model_or_state: nn.Module | Mapping[str, torch.Tensor], path
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # safetensors is optional (extra 'safetensors')
 
         try:
             return load_file(str(path))
         except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError: one line
             raise SparsesearchError(f"cannot load {path}: {type(exc).__name__}: "
                                     f"{' '.join(str(exc).split())[:200]}") from None
-    from sparsesearch.models import read_state_file
-
     return read_state_file(path, what="model file", error=SparsesearchError)
 
 
@@ -190,9 +198,6 @@ def check_trusted(config: Any, study_name: str) -> None:
     name of the installed sparsesearch (built-in, zoo, registered plugin, torchvision model):
     a ``module:function`` there would be imported and called, i.e. code chosen by whoever can
     write the storage."""
-    from sparsesearch.data import list_datasets
-    from sparsesearch.models import list_models
-
     problems = []
     model, data = getattr(config, "model", None), getattr(config, "data", None)
     if not isinstance(model, str) or ":" in model or not (
@@ -211,7 +216,7 @@ def check_trusted(config: Any, study_name: str) -> None:
 
 def _torchvision_names_safe() -> list[str]:
     try:
-        import torchvision.models as tvm
+        import torchvision.models as tvm  # torchvision is slow to import
 
         return list(tvm.list_models(module=tvm))
     except Exception:  # noqa: BLE001
@@ -225,8 +230,6 @@ def config_from_study(study: optuna.Study, *, trust: bool = False):
     A storage is not a study file: without ``trust``, a stored model or dataset that is not an
     installed name (a ``module:function``, which would be imported and called) is refused
     (:func:`check_trusted`)."""
-    from sparsesearch.config import StudyConfig
-
     attrs = study.user_attrs
     if isinstance(attrs.get(CONFIG_ATTR), Mapping):
         try:
@@ -256,8 +259,6 @@ def config_from_study(study: optuna.Study, *, trust: bool = False):
             "not a model name: give the study file, or export from Python with apply_recipe"
         )
     if not trust:
-        from types import SimpleNamespace
-
         check_trusted(SimpleNamespace(model=settings.get("model"), data=settings.get("data")),
                       study.study_name)
     metric = attrs.get(record.BUDGET_METRIC, "params")
@@ -283,13 +284,11 @@ def _model_names(name: str) -> list[str]:
     """``[name]`` when ``name`` builds a model by name (zoo, plugin, torchvision, module:fn)."""
     if ":" in name:
         return [name]
-    from sparsesearch.models import list_models
-
     names = list_models()
     if name in names:
         return [name]
     try:
-        import torchvision.models as tvm
+        import torchvision.models as tvm  # torchvision is slow to import
 
         return [name] if name in tvm.list_models(module=tvm) else []
     except Exception:  # noqa: BLE001
@@ -298,8 +297,6 @@ def _model_names(name: str) -> list[str]:
 
 def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
     """The best COMPLETE trial, or trial ``number`` (which must be COMPLETE)."""
-    from sparsesearch.search import best_trial
-
     if number is None:
         return best_trial(study)
     trials = study.get_trials(deepcopy=False)
@@ -341,8 +338,6 @@ def _from_best_file(study: optuna.Study, trial: FrozenTrial, run_dir: Path) -> d
     same = ("strategy", "sparsity", "retrain", "seed", "strategy_params", "granularity")
     if any(getattr(recipe, f) != getattr(stored, f) for f in same):  # another study of that name
         return None
-    from sparsesearch.models import read_state_file
-
     state = read_state_file(model_file, what=f"the best model of study {study.study_name!r}",
                             error=SparsesearchError,
                             hint=f"Remove {model_file} to rebuild the trial from the dense model")
@@ -357,8 +352,6 @@ def _from_best_file(study: optuna.Study, trial: FrozenTrial, run_dir: Path) -> d
 def dense_for(study: optuna.Study, config: Any, *, runs_dir: str | os.PathLike = "runs",
               device: Any = "cpu") -> tuple[nn.Module, Any]:
     """The study's dense model and data splits, as the search prepared them."""
-    from sparsesearch.search import prepare_dense_model
-
     torch.manual_seed(config.seed)  # as `sparsesearch run` does before search(): same init
     return prepare_dense_model(
         config.model, config.data, seed=config.seed, dense=config.dense,
@@ -380,8 +373,6 @@ def is_structured(trial: FrozenTrial) -> bool:
 
 def compacted(model: nn.Module, example: torch.Tensor):
     """``compact`` of a model with permanent masks (no masks kept): a :class:`CompactResult`."""
-    from sparsesearch.compact import compact
-
     return compact(model.cpu().eval(), example_input=example, keep_masks=False)
 
 
@@ -426,10 +417,6 @@ def rebuild_trial(study: optuna.Study, trial: FrozenTrial, config: Any, *, runs_
                   device: str | None = None, return_splits: bool = False):
     """Replay ``trial`` from the dense model: ``(pruned model with permanent masks, val accuracy)``
     (and the data splits with ``return_splits``)."""
-    from sparsesearch.masks import make_permanent
-    from sparsesearch.recipe import apply_recipe
-    from sparsesearch.train import evaluate, resolve_device
-
     torch_device = resolve_device(device or config.device)
     dense, splits = dense_for(study, config, runs_dir=runs_dir, device=torch_device)
     recipe = Recipe.from_dict(trial.user_attrs["recipe"])
@@ -458,10 +445,6 @@ def export_trial(
     structured trials, plus ONNX where possible): see :func:`write_programs`. ``trust``: use
     a stored configuration naming ``module:function`` code (see :func:`config_from_study`).
     """
-    from sparsesearch.budget import count_params
-
-    from sparsesearch.storage import run_folder
-
     run_dir = run_folder(runs_dir, study.study_name)  # the name may come from an untrusted storage
     t = pick_trial(study, trial)
     stored = float(t.values[0])
