@@ -11,12 +11,31 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import sys
 import time
 import traceback
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+
+import optuna
+import torch
+
+from sparsesearch.config import load_study_config, validate
+from sparsesearch.errors import SparsesearchError
+from sparsesearch.export import CONFIG_ATTR, export_trial, save_state_dict, trial_recipe
+from sparsesearch.plugins import list_strategies
+from sparsesearch.progress import Progress, ProgressLogHandler, format_duration
+from sparsesearch.report import open_study, write_report
+from sparsesearch.search import search
+from sparsesearch.storage import (
+    describe_storage_error, is_storage_error, make_storage, mask_url, resolve_storage_spec,
+    run_folder, url_secrets,
+)
+from sparsesearch.train import resolve_device
+from sparsesearch.workers import Terminated, resume_hint, run_workers, terminate_like_interrupt
 
 __all__ = ["main", "build_parser"]
 
@@ -33,8 +52,6 @@ class UsageError(Exception):
 
 def _version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("sparsesearch")
     except Exception:  # noqa: BLE001
         return "unknown"
@@ -145,10 +162,6 @@ class _DropOptunaTrialFailures(logging.Filter):
 
 
 def _setup_logging(quiet: bool, progress: Any = None) -> logging.Handler:
-    import optuna
-
-    from sparsesearch.progress import ProgressLogHandler
-
     handler = ProgressLogHandler(progress)
     handler.setFormatter(_Formatter())
     handler.addFilter(_DropOptunaTrialFailures())
@@ -171,8 +184,6 @@ _SECRETS: set[str] = set()  # passwords of the storage URLs this invocation was 
 
 def _remember_secrets(*urls: Any) -> None:
     """Passwords of ``urls`` are scrubbed from every line this command prints."""
-    from sparsesearch.storage import url_secrets
-
     for url in urls:
         _SECRETS.update(url_secrets(url))
 
@@ -180,8 +191,6 @@ def _remember_secrets(*urls: Any) -> None:
 def scrub(text: str) -> str:
     """``text`` on one line, with the password of any ``scheme://user:password@`` URL masked
     (and any password of a storage URL given to this command, wherever it appears)."""
-    from sparsesearch.storage import mask_url
-
     out = _URL.sub(lambda m: mask_url(m.group(0)), " ".join(str(text).split()))
     for secret in sorted(_SECRETS, key=len, reverse=True):
         out = out.replace(secret, "***")
@@ -210,9 +219,6 @@ def _err(msg: str) -> None:
 
 def _check_storage(url: str) -> None:
     """Connect (and create the schema) before any training, so a bad URL fails fast."""
-    from sparsesearch.errors import SparsesearchError
-    from sparsesearch.storage import make_storage, mask_url
-
     try:  # retries an unreachable server (one warning line each), then one error line
         make_storage(url, study_name="-", heartbeat_interval=None)
     except SparsesearchError:
@@ -229,16 +235,12 @@ def _check_storage(url: str) -> None:
 
 
 def _load_config(args: argparse.Namespace):
-    from sparsesearch.config import load_study_config
-
     cfg = load_study_config(args.study)
     changes: dict[str, Any] = {"name": args.study_name, "storage": args.storage}
     for key in ("n_trials", "timeout", "seed", "device"):
         if getattr(args, key, None) is not None:
             changes[key] = getattr(args, key)
     cfg = cfg.replace(**changes)
-    from sparsesearch.config import validate
-
     validate(cfg, where="")
     return cfg
 
@@ -247,8 +249,6 @@ def _target(args: argparse.Namespace) -> tuple[Any, str, str]:
     """``(config or None, storage URL, study name)`` for report/export."""
     if args.study is None and args.storage is not None:
         if args.study_name is None:
-            from sparsesearch.report import open_study
-
             study = open_study(args.storage, None)  # one study in the storage: take it
             return None, args.storage, study.study_name
         return None, args.storage, args.study_name
@@ -261,8 +261,6 @@ def _target(args: argparse.Namespace) -> tuple[Any, str, str]:
 
 
 def cmd_strategies(args: argparse.Namespace) -> int:
-    from sparsesearch import list_strategies
-
     rows = [
         (s.name, s.granularity, "needs data" if s.requires_data else "data-free", s.distribution)
         for s in list_strategies()
@@ -277,30 +275,17 @@ def cmd_strategies(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import torch
-
-    from sparsesearch.export import CONFIG_ATTR, trial_recipe, save_state_dict
-    from sparsesearch.progress import Progress, format_duration
-    from sparsesearch.search import search
-    from sparsesearch.storage import mask_url
-
     cfg = _load_config(args)
     _remember_secrets(cfg.storage)
     handler = _setup_logging(args.quiet)
-    from sparsesearch.storage import run_folder
-
     runs_dir = Path(args.runs_dir)
     run_dir = run_folder(runs_dir, cfg.name)
     run_dir.mkdir(parents=True, exist_ok=True)
     kwargs = cfg.search_kwargs(runs_dir)
     workers = getattr(args, "workers", 1)
     if workers < 1:
-        from sparsesearch.errors import SparsesearchError
-
         raise SparsesearchError(f"--workers must be >= 1, got {workers}")
     if not cfg.storage:  # the run folder's default: a journal file for several workers
-        from sparsesearch.storage import resolve_storage_spec
-
         kwargs["storage"] = resolve_storage_spec(None, study_name=cfg.name, runs_dir=runs_dir,
                                                  workers=workers)
     storage = kwargs["storage"]
@@ -331,19 +316,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         callbacks.append(progress)
     torch.manual_seed(cfg.seed)  # the model's initial weights (and so the dense cache key)
     started = time.monotonic()
-    from sparsesearch.workers import Terminated, terminate_like_interrupt
-
     previous = terminate_like_interrupt()  # SIGTERM: like Ctrl-C, the trial FAILs with a reason
     try:
         if workers > 1:
-            from sparsesearch.workers import run_workers
-
             result = run_workers(workers, search_kwargs=dict(kwargs, callbacks=callbacks))
         else:
             result = search(**kwargs, callbacks=callbacks)
     except KeyboardInterrupt as exc:  # the running trial is marked FAIL; say how to resume
-        from sparsesearch.workers import resume_hint
-
         if progress is not None:
             progress.close()
         print("\nsparsesearch: " + scrub(resume_hint(cfg.name, args.storage,
@@ -352,8 +331,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 143 if isinstance(exc, Terminated) else 130
     finally:
         if previous is not None:
-            import signal
-
             signal.signal(signal.SIGTERM, previous)
         if progress is not None:
             progress.close()
@@ -371,8 +348,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(result.summary())
     print(f"wrote {run_dir / 'best.pt'} and {run_dir / 'best.recipe.json'}")
     if not args.no_report:
-        from sparsesearch.report import write_report
-
         report = write_report(study, run_dir, storage=storage, runs_dir=args.runs_dir, config=cfg,
                               best_model=result.model)
         print(f"wrote {report} and {run_dir / 'plots'}/*.png")
@@ -380,14 +355,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from sparsesearch.report import open_study, write_report
-
     _setup_logging(True)
     _cfg, storage, name = _target(args)
     _CURRENT_STORAGE[0] = storage
     study = open_study(storage, name)
-    from sparsesearch.storage import run_folder
-
     run_dir = run_folder(args.runs_dir, study.study_name)  # the name comes from the storage
     out = Path(args.out) if args.out else run_dir
     report = write_report(study, out, storage=storage, runs_dir=args.runs_dir, config=_cfg,
@@ -397,16 +368,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sparsesearch.export import export_trial
-    from sparsesearch.report import open_study
-
     _setup_logging(False)
     cfg, storage, name = _target(args)
     _CURRENT_STORAGE[0] = storage
     study = open_study(storage, name)
     if args.device is not None:
-        from sparsesearch.train import resolve_device
-
         resolve_device(args.device)
     result = export_trial(study, args.out, trial=args.trial, config=cfg,
                           runs_dir=args.runs_dir, device=args.device,
@@ -435,8 +401,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors: argparse prints and exits 2
     _remember_secrets(getattr(args, "storage", None))
-    from sparsesearch.errors import SparsesearchError
-
     user_errors: tuple[type[BaseException], ...] = (SparsesearchError, ValueError, OSError)
     with warnings.catch_warnings(), _logging_restored():  # main() may run in-process
         try:
@@ -458,8 +422,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             _err(msg)
             return 2
         except Exception as exc:  # noqa: BLE001 - a bug: show everything
-            from sparsesearch.storage import describe_storage_error, is_storage_error
-
             if is_storage_error(exc):  # a read-only, full or lost database: not a bug
                 _err(describe_storage_error(exc, _CURRENT_STORAGE[0]))
                 return 2

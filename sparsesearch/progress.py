@@ -8,6 +8,7 @@ line first so logs and the bar do not overwrite each other.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
 import sys
@@ -75,8 +76,6 @@ class Progress:
         self._initialised = True
         if current.datetime_start is not None:  # the clock starts with the first trial, not
             # with dense training before it
-            import datetime
-
             now = datetime.datetime.now(current.datetime_start.tzinfo)
             since = (now - current.datetime_start).total_seconds()
             self.start = time.monotonic() - max(since, 0.0)

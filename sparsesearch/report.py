@@ -14,15 +14,24 @@ Plots use matplotlib's object API with the Agg canvas (no display, no global bac
 from __future__ import annotations
 
 import datetime
+import logging
 import math
 import os
+import statistics
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from sparsesearch.errors import SparsesearchError
+from sparsesearch.export import (
+    compacted, config_from_study, dense_for, example_batch, rebuild_trial,
+)
+from sparsesearch.search import best_trial
+from sparsesearch.storage import make_storage, mask_url, run_folder
 
 __all__ = ["open_study", "standard_error", "write_report"]
 
@@ -61,15 +70,11 @@ def open_study(storage: str, study_name: str | None) -> optuna.Study:
     """Load a stored study (SQLAlchemy URL or ``journal:PATH``); user errors (no such file, no
     such study, unreachable database) as one-line :class:`SparsesearchError` s. Never creates
     a database."""
-    from sparsesearch.storage import mask_url
-
     shown = mask_url(storage)
     path = _storage_file(storage)
     if path is not None and not path.is_file():
         raise SparsesearchError(f"no study database at {path} (storage {shown}); run the study first")
     try:
-        from sparsesearch.storage import make_storage
-
         store: Any = make_storage(storage, study_name=study_name or "-", heartbeat_interval=None)
     except ImportError:  # pragma: no cover - without the storage module: plain Optuna URLs
         store = storage
@@ -136,8 +141,6 @@ def _ordered(names: set[str]) -> list[str]:
 def _best(study: optuna.Study, complete: Sequence[FrozenTrial]) -> FrozenTrial | None:
     if not complete:
         return None
-    from sparsesearch.search import best_trial
-
     return best_trial(study)
 
 
@@ -148,7 +151,7 @@ def _test_accuracy(study_attrs: dict[str, Any], number: int) -> float | None:
 
 
 def _figure(width: float = 7.0, height: float = 4.5):
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib is slow to import; only the plot needs it
 
     fig = Figure(figsize=(width, height), layout="constrained")
     return fig, fig.add_subplot()
@@ -340,8 +343,6 @@ def plot_accuracy_vs_params(study: optuna.Study, path: Path) -> Path:
             ax.step([t.user_attrs["params"] for t in front], [_val(t) for t in front], where="post",
                     color="black", linewidth=1.2, label="Pareto front", zorder=5)
     if pts:
-        from sparsesearch.search import best_trial
-
         b = best_trial(study)
         ax.scatter([b.user_attrs.get("params", 0)], [_val(b)], s=180, marker="*", color="gold",
                    edgecolor="black", label=f"best (#{b.number})", zorder=6)
@@ -404,11 +405,6 @@ LATENCY_BATCHES = (1, 64)
 
 def median_latency(model: Any, example: Any, *, runs: int = 20, warmup: int = 3) -> float:
     """Median wall time in seconds of ``model(example)`` on the CPU (``torch.inference_mode``)."""
-    import statistics
-    import time
-
-    import torch
-
     model = model.cpu().eval()
     times = []
     with torch.inference_mode():
@@ -422,22 +418,12 @@ def median_latency(model: Any, example: Any, *, runs: int = 20, warmup: int = 3)
 
 def _latency_section(study: optuna.Study, best: FrozenTrial, runs_dir: Any, config: Any,
                      best_model: Any, trust: bool = False) -> list[str]:
-    import torch
-
-    from sparsesearch.export import (
-        compacted, config_from_study, dense_for, example_batch, rebuild_trial,
-    )
-
     try:
-        from sparsesearch.storage import run_folder
-
         run_dir = run_folder(runs_dir, study.study_name)
         if config is None:
             try:
                 config = config_from_study(study, trust=trust)
             except SparsesearchError as exc:
-                import logging
-
                 logging.getLogger("sparsesearch").warning("latency not measured: %s", exc)
                 return [f"Latency not measured: {exc}"]
         if config.checkpoint is None and not any(run_dir.glob("dense-*.pt")):
@@ -507,8 +493,6 @@ def write_report(
     best trial's pruned model, default rebuilt from its recipe). ``trust``: a stored
     configuration naming ``module:function`` code may be used (imported and called) for
     that; without it such a configuration is refused and the latency not measured."""
-    from sparsesearch.storage import mask_url
-
     out = Path(out_dir)
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
