@@ -271,6 +271,10 @@ def test_layer_table_is_documented():
             continue
         line = next((ln for ln in section.splitlines() if f"L{layer} " in ln), "")
         assert re.search(rf"\b{re.escape(mod)}\b", line), f"docs/design.md Layers: {mod} not in L{layer}"
+    table = design.split("## Layers", 1)[0]
+    for mod in LAYERS:
+        name = f"{mod}/" if (ROOT / mod).is_dir() else f"{mod}.py"
+        assert f"`{name}`" in table, f"docs/design.md: the module table has no row for {name}"
 
 
 # ------------------------------------------------------------------------- the checker can fail
