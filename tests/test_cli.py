@@ -66,14 +66,14 @@ def test_run_then_resume(ran):
     assert "trial 1/5" not in second.stderr
     assert "Traceback" not in first.stderr + second.stderr
     assert "epochs " in first.stderr and " final" in first.stderr  # compute spent; the finalists
-    # 5 screening trials, then the best retrained at 2 learning rates: the study is complete,
-    # so running it again adds nothing and shows the same final model
-    assert "7 trials in sqlite:///X.db" in first.stdout
-    assert "7 trials in sqlite:///X.db" in second.stdout
+    # 5 screening trials, then the best retrained as the finalist: the study is complete, so
+    # running it again adds nothing and shows the same final model
+    assert "6 trials in sqlite:///X.db" in first.stdout
+    assert "6 trials in sqlite:///X.db" in second.stdout
     assert "best trial #" in second.stdout
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{cwd / 'X.db'}")
-    assert len(study.trials) == 7
-    assert sum(t.user_attrs.get("phase") == "final" for t in study.trials) == 2
+    assert len(study.trials) == 6
+    assert sum(t.user_attrs.get("phase") == "final" for t in study.trials) == 1
     assert study.user_attrs["epochs_trained"] <= 40
     seeds = [t for t in study.trials if t.user_attrs.get("heuristic") and t.user_attrs.get("phase") != "final"]
     assert len(seeds) == 4  # enqueued once, not again on resume
@@ -149,7 +149,7 @@ def test_optuna_cli_reads_the_study(ran):
     )
     assert proc.returncode == 0, proc.stderr
     trials = json.loads(proc.stdout)
-    assert len(trials) == 7
+    assert len(trials) == 6
     complete = [t for t in trials if t["state"] == "COMPLETE"]
     assert complete and all("params" in t["user_attrs"] and "sparsity" in t["user_attrs"] for t in complete)
 
