@@ -12,7 +12,8 @@ removed) in forms that load without the model's Python class: a ``torch.export``
 (``<model>.pt2``; ``torch.export.load(path).module()(x)``) and, where the installed torch can
 write it (the ``onnx`` package is needed), ONNX (``<model>.onnx``). Unstructured trials get the
 ``.pt2`` program of the masked model. The example input is two samples of the study's
-validation data.
+validation data; the batch dimension is dynamic (``torch.export.Dim``), so the programs take
+any batch size.
 
 Model files: ``.safetensors`` (needs the ``safetensors`` package) or ``.pt`` / ``.pth``
 (``torch.save`` of the state_dict; load with ``torch.load(path, weights_only=True)``).
@@ -376,6 +377,22 @@ def compacted(model: nn.Module, example: torch.Tensor):
     return compact(model.cpu().eval(), example_input=example, keep_masks=False)
 
 
+def _export_program(model: nn.Module, example: torch.Tensor, notes: list[str]):
+    """``torch.export`` of ``model`` with a dynamic batch dimension (any batch size from 1
+    loads and runs); a model whose code fixes the batch size is exported for the example's
+    batch only, with a note."""
+    batch = torch.export.Dim("batch")
+    with torch.no_grad():
+        try:
+            return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        except Exception as exc:  # noqa: BLE001 - the model's code specialises the batch size
+            reason = " ".join(str(exc).split())[:200]
+        ep = torch.export.export(model, (example,))
+    notes.append(f"torch.export program: batch size fixed to {example.shape[0]} "
+                 f"(no dynamic batch dimension: {reason})")
+    return ep
+
+
 def write_programs(model: nn.Module, example: torch.Tensor, model_path: str | os.PathLike, *,
                    onnx: bool = True) -> tuple[Path | None, Path | None, tuple[str, ...]]:
     """Write ``model`` (no masks) as a torch.export program next to ``model_path`` (``.pt2``)
@@ -387,8 +404,7 @@ def write_programs(model: nn.Module, example: torch.Tensor, model_path: str | os
     notes: list[str] = []
     pt2: Path | None = model_path.with_suffix(".pt2")
     try:
-        with torch.no_grad():
-            ep = torch.export.export(model, (example,))
+        ep = _export_program(model, example, notes)
         torch.export.save(ep, pt2)
     except Exception as exc:  # noqa: BLE001 - a model torch.export cannot capture
         notes.append(f"torch.export program skipped: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")

@@ -205,3 +205,42 @@ def test_report_of_a_structured_study_times_dense_and_compacted(structured, tmp_
     text = write_report(study, tmp_path / "r2", runs_dir=tmp_path / "nothing").read_text()
     assert "Latency not measured: no dense-model cache" in text
     assert "## CPU latency" not in write_report(study, tmp_path / "r3", latency=False).read_text()
+
+
+# -- programs that load without the model class: any batch size (issue 14) ----------------------
+
+
+def _masked_reference(model_name: str, model_path):
+    """The exported state_dict in a fresh model of the study: the masked (uncompacted) model."""
+    from sparsesearch.models import build_model
+
+    model = build_model(model_name)
+    model.load_state_dict(load_state_dict(model_path))
+    return model.eval()
+
+
+def _inputs(study, tmp, batch: int) -> torch.Tensor:
+    from sparsesearch.export import dense_for, example_batch
+
+    _, splits = dense_for(study, config_from_study(study), runs_dir=tmp / "runs")
+    shape = example_batch(splits, 1).shape[1:]
+    return torch.randn(batch, *shape, generator=torch.Generator().manual_seed(batch))
+
+
+@pytest.mark.parametrize("kind", ["unstructured", "structured"])
+def test_the_exported_program_takes_any_batch_size(kind, request, tmp_path):
+    fixture, model_name, name = {"unstructured": ("searched", "digits-mlp", "e"),
+                                 "structured": ("structured", "digits-cnn", "s")}[kind]
+    result, storage, tmp = request.getfixturevalue(fixture)
+    study = optuna.load_study(study_name=name, storage=storage)
+    out = export_trial(study, tmp_path / "m.pt", runs_dir=tmp / "runs", trial=result.best_trial.number)
+    assert out.program_path is not None and out.program_path.is_file(), out.notes
+    assert not any("batch size fixed" in n for n in out.notes), out.notes
+    program = torch.export.load(out.program_path).module()
+    reference = _masked_reference(model_name, out.model_path)
+    for batch in (1, 64):
+        x = _inputs(study, tmp, batch)
+        with torch.no_grad():
+            got, expected = program(x), reference(x)
+        assert got.shape == (batch, 10)
+        assert torch.allclose(got, expected, atol=1e-4), (batch, (got - expected).abs().max())
