@@ -378,7 +378,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                           runs_dir=args.runs_dir, device=args.device,
                           trust=args.trust_study or cfg is not None)
     how = "from best.pt" if result.source == "best.pt" else "rebuilt from the dense model"
-    print(f"trial #{result.trial} ({how}): {result.params:,} params, stored val accuracy "
+    print(f"trial #{result.trial} ({how}): {_counts(result)}, stored val accuracy "
           f"{result.stored_val_accuracy:.4f}"
           + ("" if result.val_accuracy is None else f", rebuilt {result.val_accuracy:.4f}"))
     if not result.matches:
@@ -391,6 +391,20 @@ def cmd_export(args: argparse.Namespace) -> int:
             what = "compacted, " if result.compacted_params is not None else ""
             print(f"wrote {path} ({what}loads without the model class)")
     return 0
+
+
+def _counts(result: Any) -> str:
+    """The trial's size in the unit its study's budget is measured in, then the rest:
+    ``752 params (budget 800 params), 4,504 non-zero in the uncompacted state_dict``."""
+    unit = result.budget_unit
+    count = result.budget_count if result.budget_count is not None else result.params
+    parts = [f"{count:,} {unit}" + (f" (budget {result.budget:,} {unit})" if result.budget else
+                                    " (the unit of the budget)")]
+    if result.budget_metric != "params":
+        parts.append(f"{result.params:,} params")
+    if result.nonzero is not None and result.nonzero != result.params:
+        parts.append(f"{result.nonzero:,} non-zero in the uncompacted state_dict")
+    return ", ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -181,6 +181,18 @@ class ExportResult:
     onnx_path: Path | None = None  # ONNX file (structured trials, where torch can write it)
     compacted_params: int | None = None  # parameters of the compacted model (structured trials)
     notes: tuple[str, ...] = ()  # one line per skipped format
+    # what the study's budget is measured in ("params" or "macs"), the trial's stored count
+    # in that unit and the budget; ``params`` is the trial's stored parameter count (compacted
+    # for structured trials), ``nonzero`` the rebuilt (uncompacted) model's remaining parameters
+    # as counted by count_params (None when copied from best.pt)
+    budget_metric: str = "params"
+    budget_count: int | None = None
+    budget: int | None = None
+    nonzero: int | None = None
+
+    @property
+    def budget_unit(self) -> str:
+        return "params" if self.budget_metric == "params" else "MACs per sample"
 
 
     @property
@@ -468,8 +480,9 @@ def export_trial(
     if state is not None:
         recipe = trial_recipe(study, t)
         model_path, recipe_path = write_export(state, recipe, out)
-        result = ExportResult(model_path, recipe_path, t.number, int(t.user_attrs.get("params", 0)),
-                              stored, None, "best.pt")
+        result = _with_counts(ExportResult(model_path, recipe_path, t.number,
+                                           int(t.user_attrs.get("params", 0)), stored, None,
+                                           "best.pt"), study, t, None)
         if not programs:
             return result
         if config is None:
@@ -480,12 +493,27 @@ def export_trial(
     if config is None:
         config = config_from_study(study, trust=trust)
     model, val, splits = rebuild_trial(study, t, config, runs_dir=runs_dir, device=device, return_splits=True)
-    params = count_params(model).remaining
+    # the trial's stored count is the budgeted one (structured trials: of the compacted model);
+    # the uncompacted model's non-zeros are reported apart
+    params = int(t.user_attrs.get("params", count_params(model).remaining))
     recipe = trial_recipe(study, t, rebuilt_val_accuracy=val)
-    recipe = dataclasses.replace(recipe, params=int(params))
     model_path, recipe_path = write_export(model, recipe, out)
-    result = ExportResult(model_path, recipe_path, t.number, int(params), stored, val, "rebuilt")
+    result = _with_counts(ExportResult(model_path, recipe_path, t.number, params, stored, val,
+                                       "rebuilt"), study, t, count_params(model).remaining)
     return _with_programs(result, t, model, splits) if programs else result
+
+
+def _with_counts(result: ExportResult, study: optuna.Study, trial: FrozenTrial,
+                 nonzero: int | None) -> ExportResult:
+    metric = study.user_attrs.get(record.BUDGET_METRIC, "params")
+    metric = metric if metric in ("params", "macs") else "params"
+    count = trial.user_attrs.get("params" if metric == "params" else "macs")
+    budget = study.user_attrs.get(record.budget_key(metric))
+    return dataclasses.replace(
+        result, budget_metric=metric,
+        budget_count=int(count) if isinstance(count, (int, float)) else None,
+        budget=int(budget) if isinstance(budget, (int, float)) else None,
+        nonzero=None if nonzero is None else int(nonzero))
 
 
 def _with_programs(result: ExportResult, trial: FrozenTrial, model: nn.Module, splits: Any) -> ExportResult:

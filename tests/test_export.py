@@ -244,3 +244,55 @@ def test_the_exported_program_takes_any_batch_size(kind, request, tmp_path):
             got, expected = program(x), reference(x)
         assert got.shape == (batch, 10)
         assert torch.allclose(got, expected, atol=1e-4), (batch, (got - expected).abs().max())
+
+
+# -- `sparsesearch export` prints the count the budget is measured in (issue 14) ---------------
+
+
+def _export_line(capsys, storage, name, trial, runs_dir, out) -> str:
+    from sparsesearch.cli import main
+
+    assert main(["export", "--storage", storage, "--study-name", name, "--trial", str(trial),
+                 "--runs-dir", str(runs_dir), "--out", str(out)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("trial #")]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_export_prints_the_budgeted_parameter_count(structured, tmp_path, capsys):
+    result, storage, tmp = structured
+    study = optuna.load_study(study_name="s", storage=storage)
+    trial = study.trials[result.best_trial.number]
+    # a channel trial counts its compacted model: fewer than the uncompacted non-zeros
+    stored, budget = trial.user_attrs["params"], study.user_attrs["budget_params"]
+    line = _export_line(capsys, storage, "s", trial.number, tmp / "runs", tmp_path / "m.pt")
+    assert f"trial #{trial.number} (rebuilt from the dense model): {stored:,} params (budget {budget:,} params)" in line
+    assert stored <= budget
+    from sparsesearch.budget import count_params
+
+    model = _masked_reference("digits-cnn", tmp_path / "m.pt")
+    uncompacted = count_params(model).remaining
+    assert uncompacted > stored and f"{uncompacted:,} non-zero in the uncompacted state_dict" in line
+
+
+@pytest.fixture(scope="module")
+def mac_study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("macs")
+    storage = f"sqlite:///{tmp / 'study.db'}"
+    torch.manual_seed(0)
+    result = sparsesearch.search(
+        "digits-cnn", "digits", 0.3, budget_metric="macs", strategies=["l1-filter"], n_trials=1,
+        seed=0, storage=storage, study_name="m", runs_dir=tmp / "runs", dense={"epochs": 1, "lr": 0.1},
+        space={"lr": 0.1, "epochs": 1}, heuristics=["uniform"], pruner="none",
+    )
+    return result, storage, tmp
+
+
+def test_export_of_a_mac_study_prints_macs(mac_study, tmp_path, capsys):
+    result, storage, tmp = mac_study
+    study = optuna.load_study(study_name="m", storage=storage)
+    trial = study.trials[result.best_trial.number]
+    macs, budget = trial.user_attrs["macs"], study.user_attrs["budget_macs"]
+    line = _export_line(capsys, storage, "m", trial.number, tmp / "runs", tmp_path / "m.pt")
+    assert f": {macs:,} MACs per sample (budget {budget:,} MACs per sample), " in line, line
+    assert f"{trial.user_attrs['params']:,} params" in line
