@@ -327,7 +327,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress.close()
         print("\nsparsesearch: " + scrub(resume_hint(cfg.name, args.storage,
                                                      study_file=args.study or cfg.path,
-                                                     workers=workers)), file=sys.stderr)
+                                                     workers=workers, runs_dir=args.runs_dir,
+                                                     options=_resume_options(args))),
+              file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     finally:
         if previous is not None:
@@ -352,6 +354,21 @@ def cmd_run(args: argparse.Namespace) -> int:
                               best_model=result.model)
         print(f"wrote {report} and {run_dir / 'plots'}/*.png")
     return 0
+
+
+def _resume_options(args: argparse.Namespace) -> list[str]:
+    """The ``run`` options of this invocation that a resumed run repeats (not --n-trials,
+    --timeout: they count per invocation)."""
+    opts: list[str] = []
+    if args.seed is not None:
+        opts += ["--seed", str(args.seed)]
+    if args.device is not None:
+        opts += ["--device", args.device]
+    if args.quiet:
+        opts.append("--quiet")
+    if args.no_report:
+        opts.append("--no-report")
+    return opts
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -293,11 +293,19 @@ def resume_hint(
     *,
     study_file: str | os.PathLike | None = None,
     workers: int = 1,
+    runs_dir: str | os.PathLike | None = None,
+    options: Sequence[str] = (),
 ) -> str:
     """The line printed after Ctrl-C: how to resume ``study_name`` in ``storage`` (a URL,
-    ``journal:PATH``, a storage object or None for the run folder's default). No I/O."""
+    ``journal:PATH``, a storage object or None for the run folder's default). No I/O.
+
+    ``runs_dir`` (kept unless it is the default ``runs``: the default storage and the dense
+    cache live there) and ``options`` (more ``run`` options that shape the study, such as
+    ``--seed N``, ``--device DEV``) are repeated in the command."""
     target = str(study_file) if study_file is not None else "STUDY.toml"
     cmd = ["sparsesearch", "run", _quote(target), "--study-name", _quote(study_name)]
+    if runs_dir is not None and os.path.normpath(str(runs_dir)) != "runs":
+        cmd += ["--runs-dir", _quote(str(runs_dir))]
     where = "the run folder's default storage"
     if storage is not None:
         label = storage_label(storage)
@@ -306,6 +314,7 @@ def resume_hint(
             cmd += ["--storage", _quote(label)]
     if workers > 1:
         cmd += ["--workers", str(workers)]
+    cmd += [_quote(str(o)) for o in options]
     note = " (put the password back in place of ***)" if "***" in " ".join(cmd) else ""
     return (f"interrupted: study {study_name!r} keeps its finished trials in {where} (the "
             f"interrupted trial is marked FAIL); resume with: {' '.join(cmd)}{note}")

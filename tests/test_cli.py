@@ -318,3 +318,48 @@ def test_a_mac_budget_study_with_two_workers_is_reported_and_exported(tmp_path):
 
     cfg = config_from_study(study)
     assert cfg.budget_metric == "macs" and cfg.budget == 0.3
+
+
+# -- issue 14: the commands the CLI prints work --------------------------------------------------
+
+
+def console_script() -> list[str]:
+    """The installed `sparsesearch` console script (not `python -m`), next to this Python."""
+    script = Path(sys.executable).with_name("sparsesearch")
+    if not script.exists():
+        pytest.skip("the sparsesearch console script is not installed next to this Python")
+    return [str(script)]
+
+
+def test_the_resume_command_printed_after_ctrl_c_resumes(tmp_path):
+    import shlex
+    import signal
+
+    args = ["run", STUDY, "--runs-dir", "out", "--study-name", "r", "--seed", "0", "--no-report"]
+    proc = subprocess.Popen(command(*args), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    seen = []
+    for line in proc.stderr:  # the first finished trial's progress line, then Ctrl-C
+        seen.append(line)
+        if line.startswith("trial 1/"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    proc.wait(timeout=300)
+    proc.stdout.close()
+    proc.stderr.close()
+    assert proc.returncode == 130, "".join(seen) + rest
+    hint = next(line for line in rest.splitlines() if "resume with: " in line)
+    printed = shlex.split(hint.split("resume with: ", 1)[1])
+    assert printed[:2] == ["sparsesearch", "run"]
+    assert ["--runs-dir", "out"] == printed[printed.index("--runs-dir"):][:2]
+    assert ["--seed", "0"] == printed[printed.index("--seed"):][:2] and "--no-report" in printed
+    storage = f"sqlite:///{tmp_path / 'out' / 'r' / 'study.db'}"
+    before = len(optuna.load_study(study_name="r", storage=storage).trials)
+    resumed = subprocess.run(console_script() + printed[1:] + ["--n-trials", "1"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not (tmp_path / "runs").exists()  # the same runs folder, not a fresh study in runs/
+    study = optuna.load_study(study_name="r", storage=storage)
+    assert len(study.trials) > before
+    assert len(list((tmp_path / "out" / "r").glob("dense-*.pt"))) == 1  # the dense model reused
