@@ -424,6 +424,30 @@ def _counts(result: Any) -> str:
     return ", ".join(parts)
 
 
+@contextlib.contextmanager
+def _import_paths(args: argparse.Namespace) -> Iterator[None]:
+    """The study file's folder, then the current directory, first on ``sys.path`` while the
+    command runs, so a ``module:function`` model or dataset next to the study file (or in the
+    working directory) imports under the console script as under ``python -m sparsesearch``
+    (like pytest's rootdir handling). Entries already there are left; the added ones go."""
+    folders = []
+    study = getattr(args, "study", None)
+    if study is not None and Path(study).is_file():
+        folders.append(str(Path(study).resolve().parent))
+    folders.append(os.getcwd())
+    added = []
+    for folder in reversed(folders):
+        if folder not in sys.path and not (folder == os.getcwd() and "" in sys.path):
+            sys.path.insert(0, folder)
+            added.append(folder)
+    try:
+        yield
+    finally:
+        for folder in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(folder)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -433,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)  # usage errors: argparse prints and exits 2
     _remember_secrets(getattr(args, "storage", None))
     user_errors: tuple[type[BaseException], ...] = (SparsesearchError, ValueError, OSError)
-    with warnings.catch_warnings(), _logging_restored():  # main() may run in-process
+    with warnings.catch_warnings(), _logging_restored(), _import_paths(args):  # may run in-process
         try:
             return int(args.func(args) or 0)
         except KeyboardInterrupt:

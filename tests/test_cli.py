@@ -363,3 +363,48 @@ def test_the_resume_command_printed_after_ctrl_c_resumes(tmp_path):
     study = optuna.load_study(study_name="r", storage=storage)
     assert len(study.trials) > before
     assert len(list((tmp_path / "out" / "r").glob("dense-*.pt"))) == 1  # the dense model reused
+
+
+MODULE_STUDY = """\
+[study]
+name = "mod"
+n_trials = 1
+
+[model]
+name = "mymod:factory"
+
+[data]
+name = "digits"
+
+[budget]
+fraction = 0.2
+
+[search]
+heuristics = ["uniform"]
+
+[space]
+epochs = 1
+
+[compute]
+epochs = 3
+
+[dense]
+epochs = 1
+lr = 0.1
+"""
+
+
+def test_a_module_function_model_next_to_the_study_file_imports_under_the_console_script(tmp_path):
+    """`model = "mymod:factory"` with mymod.py next to the study file (which imports a helper in
+    the working directory), run by the console script from another folder."""
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "mod.toml").write_text(MODULE_STUDY)
+    (tmp_path / "studies" / "mymod.py").write_text(
+        "import cwdhelper\n\ndef factory(**kwargs):\n    return cwdhelper.mlp()\n")
+    (tmp_path / "cwdhelper.py").write_text(
+        "from torch import nn\n\ndef mlp():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))\n")
+    run = subprocess.run(console_script() + ["run", "studies/mod.toml", "--quiet", "--no-report"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300, env=ENV)
+    assert run.returncode == 0, run.stderr
+    assert "ModuleNotFoundError" not in run.stderr and "best trial #" in run.stdout
