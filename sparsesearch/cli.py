@@ -23,6 +23,7 @@ from typing import Any, Iterator, Sequence
 import optuna
 import torch
 
+from sparsesearch._optuna import VERBOSE_ENV
 from sparsesearch.config import load_study_config, validate
 from sparsesearch.errors import SparsesearchError
 from sparsesearch.export import CONFIG_ATTR, export_trial, save_state_dict, trial_recipe
@@ -66,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="count", default=0,
+                      help="more log lines on stderr (sparsesearch's debug lines, Optuna's "
+                           "info lines); -vv adds Optuna's debug lines")
+    loud.add_argument("-q", "--quiet", dest="global_quiet", action="store_true",
+                      help="warnings and errors only on stderr (no progress display); the "
+                           "results on stdout stay")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, print its full traceback (file and line) before the "
+                             "error line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("strategies", help="list the installed pruning strategies",
@@ -161,18 +172,27 @@ class _DropOptunaTrialFailures(logging.Filter):
         return not (msg.startswith("Trial ") and " failed" in msg)
 
 
+_VERBOSITY = [0]  # of this invocation: -1 with -q, 0, 1 with -v, 2 with -vv
+
+
 def _setup_logging(quiet: bool, progress: Any = None) -> logging.Handler:
+    """``quiet``: the command's own default (warnings only). -q makes every command quiet,
+    -v makes every command log its info and debug lines."""
     handler = ProgressLogHandler(progress)
     handler.setFormatter(_Formatter())
     handler.addFilter(_DropOptunaTrialFailures())
     log.handlers[:] = [handler]
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    verbosity = _VERBOSITY[0]
+    if verbosity > 0:
+        log.setLevel(logging.DEBUG)
+    else:
+        log.setLevel(logging.WARNING if quiet or verbosity < 0 else logging.INFO)
     log.propagate = False
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.disable_default_handler()
     optuna_logger = logging.getLogger("optuna")
     optuna_logger.handlers[:] = [handler]
-    optuna_logger.setLevel(logging.WARNING)
+    optuna_logger.setLevel({1: logging.INFO, 2: logging.DEBUG}.get(min(verbosity, 2), logging.WARNING))
     optuna_logger.propagate = False
     return handler
 
@@ -277,6 +297,7 @@ def cmd_strategies(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     _remember_secrets(cfg.storage)
+    args.quiet = args.quiet or getattr(args, "global_quiet", False)  # `-q run` = `run --quiet`
     handler = _setup_logging(args.quiet)
     runs_dir = Path(args.runs_dir)
     run_dir = run_folder(runs_dir, cfg.name)
@@ -448,6 +469,37 @@ def _import_paths(args: argparse.Namespace) -> Iterator[None]:
                 sys.path.remove(folder)
 
 
+def _print_traceback(exc: BaseException) -> None:
+    """``--debug``: the full traceback of ``exc`` on stderr, with the exceptions it was raised
+    from or while handling even where sparsesearch hid them (``raise ... from None``) to keep
+    its error line short, so the file and line of the user's code that raised show."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__suppress_context__ = False
+        e = e.__cause__ or e.__context__
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _optuna_verbose(on: bool) -> Iterator[None]:
+    """-v: Optuna's own info lines too (``SPARSESEARCH_OPTUNA_VERBOSE=1`` while the command
+    runs, so sparsesearch does not lower Optuna's verbosity; worker processes inherit it)."""
+    if not on:
+        yield
+        return
+    previous = os.environ.get(VERBOSE_ENV)
+    os.environ[VERBOSE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(VERBOSE_ENV, None)
+        else:
+            os.environ[VERBOSE_ENV] = previous
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -456,8 +508,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors: argparse prints and exits 2
     _remember_secrets(getattr(args, "storage", None))
+    _VERBOSITY[0] = -1 if getattr(args, "global_quiet", False) else getattr(args, "verbose", 0)
+    debug = getattr(args, "debug", False)
     user_errors: tuple[type[BaseException], ...] = (SparsesearchError, ValueError, OSError)
-    with warnings.catch_warnings(), _logging_restored(), _import_paths(args):  # may run in-process
+    with (warnings.catch_warnings(), _logging_restored(), _import_paths(args),  # may run in-process
+          _optuna_verbose(_VERBOSITY[0] > 0)):
         try:
             return int(args.func(args) or 0)
         except KeyboardInterrupt:
@@ -471,13 +526,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pass
             return 0
         except user_errors as exc:
+            if debug:
+                _print_traceback(exc)
             msg = str(exc) or type(exc).__name__
             if isinstance(exc, OSError) and getattr(exc, "filename", None) and str(exc.filename) not in msg:
                 msg = f"{msg}: {exc.filename}"
+            if not debug and not isinstance(exc, SparsesearchError):  # raised by code, maybe the user's
+                msg = f"{msg} (sparsesearch --debug {args.command} ... shows where)"
             _err(msg)
             return 2
         except Exception as exc:  # noqa: BLE001 - a bug: show everything
             if is_storage_error(exc):  # a read-only, full or lost database: not a bug
+                if debug:
+                    _print_traceback(exc)
                 _err(describe_storage_error(exc, _CURRENT_STORAGE[0]))
                 return 2
             traceback.print_exc()

@@ -408,3 +408,57 @@ def test_a_module_function_model_next_to_the_study_file_imports_under_the_consol
                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=ENV)
     assert run.returncode == 0, run.stderr
     assert "ModuleNotFoundError" not in run.stderr and "best trial #" in run.stdout
+
+
+MLP_STUDY = MODULE_STUDY.replace('"mymod:factory"', '"digits-mlp"')
+
+RAISING_MODEL = '''\
+from torch import nn
+
+
+class Picky(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        raise ValueError("Picky takes no 8x8 images")
+
+
+def factory(**kwargs):
+    return Picky()
+'''
+
+
+def test_debug_shows_the_file_and_line_of_a_users_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "picky_model_14.py").write_text(RAISING_MODEL)
+    (tmp_path / "studies" / "p.toml").write_text(MODULE_STUDY.replace("mymod:", "picky_model_14:"))
+    assert main(["run", "studies/p.toml"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sparsesearch: error: ") and "Picky takes no" in lines[0]
+    assert main(["--debug", "run", "studies/p.toml"]) == 2
+    err = capsys.readouterr().err
+    where = tmp_path / "studies" / "picky_model_14.py"
+    assert f'File "{where}", line 10, in forward' in err, err
+    assert 'raise ValueError("Picky takes no 8x8 images")' in err
+    assert err.strip().splitlines()[-1] == lines[0]  # then the same error line, exit 2
+
+
+def test_verbose_and_quiet_options(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SPARSESEARCH_OPTUNA_VERBOSE", raising=False)
+    (tmp_path / "s.toml").write_text(MLP_STUDY)
+    assert main(["-q", "run", "s.toml", "--no-report"]) == 0  # as `run --quiet`
+    out, err = capsys.readouterr()
+    assert "best trial #" in out
+    assert "trial 1/1" not in err and "dense model" not in err
+    assert main(["-v", "run", "s.toml", "--no-report", "--study-name", "v"]) == 0
+    out, err = capsys.readouterr()
+    assert "best trial #" in out and "trial 1/1" in err  # the progress display
+    assert "A new study created in RDB with name: v" in err  # Optuna's info lines
+    assert "SPARSESEARCH_OPTUNA_VERBOSE" not in os.environ  # restored
+    with pytest.raises(SystemExit) as info:
+        main(["-v", "-q", "strategies"])
+    assert info.value.code == 2
