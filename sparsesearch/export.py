@@ -7,11 +7,11 @@ gone), then :func:`sparsesearch.apply_recipe`. The rebuilt model's validation ac
 checked against the stored value. The best trial of the last ``sparsesearch run`` is taken
 straight from ``runs/<study>/best.pt`` when that file belongs to it.
 
-Structured trials (granularity ``"channel"``) are also written COMPACTED (pruned channels
-removed) in forms that load without the model's Python class: a ``torch.export`` program
-(``<model>.pt2``; ``torch.export.load(path).module()(x)``) and, where the installed torch can
-write it (the ``onnx`` package is needed), ONNX (``<model>.onnx``). Unstructured trials get the
-``.pt2`` program of the masked model. The example input is two samples of the study's
+Every trial is also written in forms that load without the model's Python class: a
+``torch.export`` program (``<model>.pt2``; ``torch.export.load(path).module()(x)``) and, where
+the installed torch can write it (the ``onnx`` extra: ``onnx``), ONNX (``<model>.onnx``).
+Structured trials (granularity ``"channel"``) are written COMPACTED (pruned channels removed);
+unstructured trials as the masked model (pruned weights are zeros). The example input is two samples of the study's
 validation data; the batch dimension is dynamic (``torch.export.Dim``), so the programs take
 any batch size.
 
@@ -26,6 +26,7 @@ import importlib.util
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Mapping
@@ -178,7 +179,7 @@ class ExportResult:
     val_accuracy: float | None  # of the rebuilt model (None: taken from best.pt unchanged)
     source: str  # "best.pt" or "rebuilt"
     program_path: Path | None = None  # torch.export program (.pt2)
-    onnx_path: Path | None = None  # ONNX file (structured trials, where torch can write it)
+    onnx_path: Path | None = None  # ONNX file (where the onnx package is installed)
     compacted_params: int | None = None  # parameters of the compacted model (structured trials)
     notes: tuple[str, ...] = ()  # one line per skipped format
     # what the study's budget is measured in ("params" or "macs"), the trial's stored count
@@ -428,7 +429,9 @@ def write_programs(model: nn.Module, example: torch.Tensor, model_path: str | os
         else:
             onnx_path = model_path.with_suffix(".onnx")
             try:
-                with torch.no_grad():
+                with torch.no_grad(), warnings.catch_warnings():
+                    # the TorchScript exporter: the dynamo one needs onnxscript as well
+                    warnings.simplefilter("ignore", DeprecationWarning)
                     torch.onnx.export(model, (example,), str(onnx_path), dynamo=False,
                                       input_names=["input"], output_names=["output"],
                                       dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
@@ -527,6 +530,6 @@ def _with_programs(result: ExportResult, trial: FrozenTrial, model: nn.Module, s
             notes += (f"not compacted ({c.reason}): the programs hold the masked model",)
             log.warning("%s", notes[-1])
         model, compacted_params = c.model, int(c.params_after)
-    pt2, onnx_path, more = write_programs(model, example, result.model_path, onnx=is_structured(trial))
+    pt2, onnx_path, more = write_programs(model, example, result.model_path)
     return dataclasses.replace(result, program_path=pt2, onnx_path=onnx_path,
                                compacted_params=compacted_params, notes=notes + more)

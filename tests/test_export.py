@@ -296,3 +296,44 @@ def test_export_of_a_mac_study_prints_macs(mac_study, tmp_path, capsys):
     line = _export_line(capsys, storage, "m", trial.number, tmp / "runs", tmp_path / "m.pt")
     assert f": {macs:,} MACs per sample (budget {budget:,} MACs per sample), " in line, line
     assert f"{trial.user_attrs['params']:,} params" in line
+
+
+@pytest.mark.parametrize("kind", ["unstructured", "structured"])
+def test_the_onnx_export_runs_in_onnxruntime_at_any_batch_size(kind, request, tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    fixture, model_name, name = {"unstructured": ("searched", "digits-mlp", "e"),
+                                 "structured": ("structured", "digits-cnn", "s")}[kind]
+    result, storage, tmp = request.getfixturevalue(fixture)
+    study = optuna.load_study(study_name=name, storage=storage)
+    out = export_trial(study, tmp_path / "m.pt", runs_dir=tmp / "runs", trial=result.best_trial.number)
+    assert out.onnx_path == tmp_path / "m.onnx" and out.onnx_path.is_file(), out.notes
+    session = ort.InferenceSession(str(out.onnx_path), providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    reference = _masked_reference(model_name, out.model_path)
+    for batch in (1, 64):
+        x = _inputs(study, tmp, batch)
+        (got,) = session.run(None, {inp.name: x.numpy()})
+        with torch.no_grad():
+            expected = reference(x)
+        assert got.shape == (batch, 10)
+        assert torch.allclose(torch.from_numpy(got), expected, atol=1e-4), batch
+
+
+def test_the_safetensors_export_holds_the_state_dict(searched, tmp_path):
+    pytest.importorskip("safetensors")
+    from safetensors.torch import load_file
+
+    result, storage, tmp = searched
+    study = optuna.load_study(study_name="e", storage=storage)
+    trial = result.best_trial.number
+    st = export_trial(study, tmp_path / "m.safetensors", trial=trial, runs_dir=tmp / "runs", programs=False)
+    pt = export_trial(study, tmp_path / "m.pt", trial=trial, runs_dir=tmp / "runs", programs=False)
+    assert st.model_path == tmp_path / "m.safetensors" and st.recipe_path == tmp_path / "m.recipe.json"
+    loaded, expected = load_file(str(st.model_path)), torch.load(pt.model_path, weights_only=True)
+    assert set(loaded) == set(expected)
+    assert all(torch.equal(loaded[k], expected[k]) for k in expected)
+    model = _masked_reference("digits-mlp", st.model_path)  # loads into the model as is
+    assert nonzero(model.state_dict()) <= study.user_attrs["budget_params"]
+    folder = export_trial(study, tmp_path / "dir", trial=trial, runs_dir=tmp / "runs", programs=False)
+    assert folder.model_path == tmp_path / "dir" / "model.safetensors"  # the folder default
