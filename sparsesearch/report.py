@@ -17,6 +17,7 @@ import datetime
 import logging
 import math
 import os
+import shlex
 import statistics
 import time
 from pathlib import Path
@@ -64,6 +65,27 @@ def _storage_file(url: str) -> Path | None:
     if "://" not in url and url.endswith((".log", ".journal")):
         return Path(url).expanduser()
     return None
+
+
+def open_elsewhere_commands(storage: str, study_name: str) -> list[str]:
+    """Shell commands opening the study in ``optuna-dashboard`` and the ``optuna`` CLI (password
+    masked). Neither takes ``journal:PATH``: a journal file is given as its path, which
+    optuna-dashboard reads directly and the optuna CLI with ``--storage-class
+    JournalFileBackend``."""
+    masked = mask_url(storage)
+    journal = None
+    if masked.startswith("journal:"):
+        journal = masked[len("journal:"):]
+    elif "://" not in masked and masked.endswith((".log", ".journal")):
+        journal = masked
+    if journal is not None:
+        where = shlex.quote(journal)
+        return [f"optuna-dashboard {where}",
+                f"optuna trials --storage {where} --storage-class JournalFileBackend "
+                f"--study-name {shlex.quote(study_name)}"]
+    where = shlex.quote(masked)
+    return [f"optuna-dashboard {where}",
+            f"optuna trials --storage {where} --study-name {shlex.quote(study_name)}"]
 
 
 def open_study(storage: str, study_name: str | None) -> optuna.Study:
@@ -661,8 +683,7 @@ def write_report(
         add("It is a plain Optuna study:")
         add("")
         add("```sh")
-        add(f"optuna-dashboard '{mask_url(storage)}'")
-        add(f"optuna trials --storage '{mask_url(storage)}' --study-name '{study.study_name}'")
+        lines.extend(open_elsewhere_commands(storage, study.study_name))
         add("```")
         add("")
 

@@ -168,3 +168,41 @@ def test_report_from_a_journal_storage(tmp_path):
     assert "## Best trial vs the heuristics" in text and "95.20 %" in text
     with pytest.raises(SparsesearchError, match="no study database at"):
         open_study(f"journal:{tmp_path / 'absent.log'}", "j")
+
+
+def _open_elsewhere(text: str) -> list[str]:
+    section = text.split("## Open the study elsewhere")[1]
+    return section.split("```sh\n")[1].split("\n```")[0].splitlines()
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_the_open_elsewhere_commands_work(kind, tmp_path, monkeypatch):
+    """The printed `optuna trials` command runs (issue 14: `journal:PATH` is no storage the
+    optuna CLI or optuna-dashboard reads); URLs relative to the directory the run was in."""
+    import json
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sparsesearch.storage import make_storage
+
+    optuna_cli = Path(sys.executable).with_name("optuna")
+    if not optuna_cli.exists():
+        pytest.skip("the optuna CLI is not installed next to this Python")
+    monkeypatch.chdir(tmp_path)
+    url = "journal:runs/j/journal.log" if kind == "journal" else "sqlite:///runs/j/study.db"
+    (tmp_path / "runs" / "j").mkdir(parents=True)
+    study = make_study(make_storage(url, study_name="my study", heartbeat_interval=None), "my study")
+    commands = _open_elsewhere(write_report(study, tmp_path / "out", storage=url).read_text())
+    dashboard = next(shlex.split(c) for c in commands if c.startswith("optuna-dashboard "))
+    trials = next(shlex.split(c) for c in commands if c.startswith("optuna trials "))
+    if kind == "journal":  # optuna-dashboard reads a journal file given as its path
+        assert dashboard == ["optuna-dashboard", "runs/j/journal.log"]
+        assert "journal:" not in " ".join(commands)
+    else:
+        assert dashboard == ["optuna-dashboard", url]
+    proc = subprocess.run([str(optuna_cli), *trials[1:], "-f", "json"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)) == len(study.trials)
