@@ -17,7 +17,6 @@ import datetime
 import logging
 import math
 import os
-import shlex
 import statistics
 import time
 from pathlib import Path
@@ -73,19 +72,21 @@ def open_elsewhere_commands(storage: str, study_name: str) -> list[str]:
     optuna-dashboard reads directly and the optuna CLI with ``--storage-class
     JournalFileBackend``."""
     masked = mask_url(storage)
+
+    def q(text: str) -> str:  # always in single quotes, as shlex.quote does when needed
+        return "'" + text.replace("'", "'\"'\"'") + "'"
+
     journal = None
     if masked.startswith("journal:"):
         journal = masked[len("journal:"):]
     elif "://" not in masked and masked.endswith((".log", ".journal")):
         journal = masked
     if journal is not None:
-        where = shlex.quote(journal)
-        return [f"optuna-dashboard {where}",
-                f"optuna trials --storage {where} --storage-class JournalFileBackend "
-                f"--study-name {shlex.quote(study_name)}"]
-    where = shlex.quote(masked)
-    return [f"optuna-dashboard {where}",
-            f"optuna trials --storage {where} --study-name {shlex.quote(study_name)}"]
+        return [f"optuna-dashboard {q(journal)}",
+                f"optuna trials --storage {q(journal)} --storage-class JournalFileBackend "
+                f"--study-name {q(study_name)}"]
+    return [f"optuna-dashboard {q(masked)}",
+            f"optuna trials --storage {q(masked)} --study-name {q(study_name)}"]
 
 
 def open_study(storage: str, study_name: str | None) -> optuna.Study:
