@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -435,10 +436,23 @@ class _Objective:
                 self.score_cache[key] = compute()
             else:  # computed once per study, shared by its workers (file lock)
                 h = _fingerprint(self.score_key, key, self.seed, self.num_batches,
-                                 self.space.batch_size, [lay.name for lay in layers])
+                                 self.space.batch_size, [lay.name for lay in layers],
+                                 _strategy_version(strategy))
                 safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in strategy)
                 self.score_cache[key] = cached_tensors(Path(self.score_dir) / f"scores-{safe}-{h}.pt", compute)
         return self.score_cache[key]
+
+
+def _strategy_version(name: str) -> tuple[str, str | None, str]:
+    """What identifies a strategy's code in the score cache's key: its distribution and
+    version, and a hash of its class's source where Python can read it (a changed ``score()``
+    of an unreleased plugin gets fresh scores too)."""
+    info = plugins.get_strategy(name)
+    try:
+        source = inspect.getsource(type(info.strategy))
+    except (OSError, TypeError):  # built in C, or defined where the source is gone
+        source = type(info.strategy).__qualname__
+    return info.distribution, info.version, hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
 def _clip(text: str, limit: int = 4000) -> str:

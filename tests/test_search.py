@@ -394,3 +394,33 @@ def test_the_compute_budget_holds_exactly_with_awkward_numbers(tmp_path, runs_di
     assert len(final) == 1 and final[0].user_attrs["epochs"] == int(epochs * 0.7)
     assert sum(t.user_attrs.get("epochs", 0) for t in trials) <= epochs
     assert r.epochs_trained <= epochs
+
+
+def test_the_score_cache_key_follows_the_strategy_code():
+    """A changed score() gets fresh scores on resume: the cache key holds the distribution,
+    its version and a hash of the strategy class's source."""
+    from sparsesearch.search import _strategy_version
+
+    class V1(sparsesearch.Strategy):
+        name = "versioned"
+
+        def score(self, layer, context):
+            return layer.weight.abs()
+
+    class V2(sparsesearch.Strategy):
+        name = "versioned"
+
+        def score(self, layer, context):
+            return layer.weight.abs() + 1
+
+    keys = []
+    for cls in (V1, V2, V1):
+        sparsesearch.plugins.register_plugin(
+            type("P", (), {"sparsesearch_register_strategies": staticmethod(
+                sparsesearch.hookimpl(lambda register, cls=cls: register(cls())))})(), name="versioned")
+        try:
+            keys.append(_strategy_version("versioned"))
+        finally:
+            sparsesearch.plugins.reset_plugins()
+    assert keys[0] != keys[1] and keys[0] == keys[2]
+    assert _strategy_version("magnitude")[0] == "sparsesearch"
