@@ -144,6 +144,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "min_resource": ("int>=1", "successive halving: epochs of the first rung (default: the "
                                    "screening epochs / 9, at least 1)"),
     },
+    "strategy_params": {},  # [strategy_params.NAME]: free keys, checked in parse_study
     "dense": {
         "epochs": ("int>=0", "dense training epochs (default: at least 15 and 300 optimizer steps)"),
         "lr": ("number>0", "dense training learning rate (default 1e-3)"),
@@ -197,6 +198,7 @@ class StudyConfig:
     num_batches: int | None = None
     space: dict[str, Any] = dataclasses.field(default_factory=dict)
     compute: dict[str, Any] = dataclasses.field(default_factory=dict)
+    strategy_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     dense: dict[str, Any] = dataclasses.field(default_factory=dict)
     path: str | None = None
 
@@ -239,6 +241,7 @@ class StudyConfig:
             "seed": self.seed,
             "space": SearchSpace.from_mapping(self.space),
             "compute": ComputeBudget.from_mapping(self.compute),
+            "strategy_params": {k: dict(v) for k, v in self.strategy_params.items()},
             "objective": self.objective,
             "device": self.device,
             "pruner": self.pruner,
@@ -407,6 +410,24 @@ def _check_value(where: str, dotted: str, kind: str, value: Any) -> Any:
     raise AssertionError(f"unknown schema kind {kind!r}")  # pragma: no cover
 
 
+def _strategy_params_table(where: str, table: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``[strategy_params.NAME]`` tables: hyperparameter -> a number or string (fixed), or a
+    list ([low, high] for numbers, choices otherwise)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, params in table.items():
+        if not isinstance(params, dict):
+            raise _type_error(where, f"strategy_params.{name}", "a table of hyperparameters", params)
+        for key, value in params.items():
+            ok = (isinstance(value, (str, bool)) or _is_number(value)
+                  or (isinstance(value, list) and value and all(isinstance(v, (str, bool)) or _is_number(v)
+                                                                for v in value)))
+            if not ok:
+                raise _type_error(where, f"strategy_params.{name}.{key}",
+                                  "a number, a string, [low, high] or a list of choices", value)
+        out[name] = dict(params)
+    return out
+
+
 def _resolve_path(value: str, base: Path | None) -> str:
     p = Path(os.path.expanduser(value))
     if not p.is_absolute() and base is not None:
@@ -425,6 +446,9 @@ def parse_study(doc: Mapping[str, Any], *, path: str | os.PathLike | None = None
             raise ConfigError(f"{where}{key!r} must be a table ([{key}]), got {value!r}")
     values: dict[str, dict[str, Any]] = {s: {} for s in SCHEMA}
     for section, table in doc.items():
+        if section == "strategy_params":
+            values[section] = _strategy_params_table(where, table)
+            continue
         valid = list(SCHEMA[section])
         for key, value in table.items():
             if key not in SCHEMA[section]:
@@ -482,6 +506,7 @@ def parse_study(doc: Mapping[str, Any], *, path: str | os.PathLike | None = None
         num_batches=search.get("num_batches"),
         space=values["space"],
         compute=values["compute"],
+        strategy_params=values["strategy_params"],
         dense=values["dense"],
         path=os.path.abspath(path) if path is not None else None,
     )
@@ -499,6 +524,12 @@ def validate(cfg: StudyConfig, *, where: str = "") -> None:
             raise ConfigError(
                 f"{where}unknown heuristic {h!r} in search.heuristics"
                 f"{_closest(h, list(HEURISTICS))}"
+            )
+    for name in cfg.strategy_params:
+        if name not in cfg.strategies:
+            raise ConfigError(
+                f"{where}[strategy_params.{name}] names a strategy that is not in search.strategies"
+                f"{_closest(name, list(cfg.strategies))}"
             )
     try:
         SearchSpace.from_mapping(cfg.space)

@@ -182,6 +182,77 @@ def _prepare_dense(
     )
 
 
+class _NarrowedTrial:
+    """The trial a plugin's ``sparsesearch_suggest_params`` sees when the user fixed or narrowed
+    its hyperparameters (``strategy_params``): a number fixes one, ``[low, high]`` narrows a
+    numeric range, a list of choices narrows a categorical; everything else is the trial's."""
+
+    def __init__(self, trial: optuna.Trial, strategy: str, overrides: Mapping[str, Any]) -> None:
+        self._trial, self._strategy, self._over = trial, strategy, dict(overrides)
+        self.asked: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trial, name)
+
+    def _range(self, name: str, low: Any, high: Any) -> tuple[Any, Any] | Any:
+        value = self._over[name]
+        if isinstance(value, (list, tuple)):
+            lo, hi = value
+            if lo < low or hi > high or lo > hi:
+                raise SparsesearchError(
+                    f"strategy_params.{self._strategy}.{name} = {list(value)} is outside the "
+                    f"strategy's range [{low}, {high}]")
+            return lo, hi
+        if not low <= value <= high:
+            raise SparsesearchError(
+                f"strategy_params.{self._strategy}.{name} = {value!r} is outside the strategy's "
+                f"range [{low}, {high}]")
+        return value
+
+    def suggest_float(self, name: str, low: float, high: float, **kw: Any) -> float:
+        self.asked.add(name)
+        if name not in self._over:
+            return self._trial.suggest_float(name, low, high, **kw)
+        r = self._range(name, low, high)
+        return float(r) if not isinstance(r, tuple) else self._trial.suggest_float(name, r[0], r[1], **kw)
+
+    def suggest_int(self, name: str, low: int, high: int, **kw: Any) -> int:
+        self.asked.add(name)
+        if name not in self._over:
+            return self._trial.suggest_int(name, low, high, **kw)
+        r = self._range(name, low, high)
+        return int(r) if not isinstance(r, tuple) else self._trial.suggest_int(name, int(r[0]), int(r[1]), **kw)
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        self.asked.add(name)
+        if name not in self._over:
+            return self._trial.suggest_categorical(name, choices)
+        value = self._over[name]
+        wanted = list(value) if isinstance(value, (list, tuple)) else [value]
+        bad = [v for v in wanted if v not in choices]
+        if bad:
+            raise SparsesearchError(
+                f"strategy_params.{self._strategy}.{name}: {bad[0]!r} is not one of the strategy's "
+                f"choices {list(choices)}")
+        return wanted[0] if len(wanted) == 1 else self._trial.suggest_categorical(name, wanted)
+
+
+def _strategy_params(trial: optuna.Trial, strategy: str, overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The plugins' hyperparameters for ``strategy`` in this trial, as the user fixed or
+    narrowed them; an override the strategy never asks for is a user error naming it."""
+    mine = overrides.get(strategy)
+    if not mine:
+        return plugins.suggest_strategy_params(strategy, trial)
+    proxy = _NarrowedTrial(trial, strategy, mine)
+    params = plugins.suggest_strategy_params(strategy, proxy)
+    unknown = sorted(set(mine) - proxy.asked)
+    if unknown:
+        raise SparsesearchError(
+            f"strategy_params.{strategy}.{unknown[0]}: strategy {strategy!r} has no such "
+            f"hyperparameter (it asks for: {', '.join(sorted(proxy.asked)) or 'none'})")
+    return params
+
+
 @dataclasses.dataclass(eq=False)
 class _Objective:
     """One trial: allocate (budget met by construction), mask, fine-tune, record."""
@@ -198,6 +269,7 @@ class _Objective:
     teacher: nn.Module
     num_batches: int
     multi_objective: bool
+    strategy_overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     score_dir: Path | None = None
     score_key: Any = None
     score_cache: dict[Any, dict[str, torch.Tensor]] = dataclasses.field(default_factory=dict)
@@ -281,7 +353,7 @@ class _Objective:
         else:
             strategy = self.strategies[0]
         strat = plugins.get_strategy(strategy).strategy
-        strategy_params = plugins.suggest_strategy_params(strategy, trial)
+        strategy_params = _strategy_params(trial, strategy, self.strategy_overrides)
         plan: BudgetPlan = self.plans[strat.granularity]
         scores = self.scores_for(strategy, strategy_params)
         keep = self.allocate(trial, plan, strategy, strategy_params, scores, heuristic)
@@ -595,7 +667,8 @@ def _plan_all(model: nn.Module, infos: Sequence[Any], layers: Sequence[Any], bud
 def _identity(*, model: nn.Module | str, net: nn.Module, data_key: str, budget: int | float,
               budget_metric: str, seed: int, space: SearchSpace, strategies: Sequence[str],
               heuristics: Sequence[str], compute: ComputeBudget, objective: str,
-              dense: DenseSettings, include: Any, exclude: Any, trained: bool | None) -> dict[str, Any]:
+              dense: DenseSettings, include: Any, exclude: Any, trained: bool | None,
+              strategy_params: Mapping[str, Any]) -> dict[str, Any]:
     """What makes a study the same problem: compared on resume, part by part."""
     return {
         "model": model if isinstance(model, str) else f"{type(net).__name__}:{_fingerprint(str(net))}",
@@ -604,6 +677,7 @@ def _identity(*, model: nn.Module | str, net: nn.Module, data_key: str, budget: 
         "space": space.to_dict(), "strategies": list(strategies), "heuristics": list(heuristics),
         "compute": compute.to_dict(), "objective": objective, "dense": dataclasses.asdict(dense),
         "include": list(include or []), "exclude": list(exclude or []), "trained": trained,
+        "strategy_params": dict(strategy_params),
     }
 
 
@@ -670,6 +744,7 @@ def _search(
     checkpoint: str | os.PathLike | None = None,
     local_fraction: float = 0.5,
     budget_metric: str = "params",
+    strategy_params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> SearchResult:
     """Search per-layer sparsity and retrain settings of ``model`` under ``budget``, within a
     fine-tuning compute budget (``compute``), and return the final model.
@@ -704,6 +779,9 @@ def _search(
             trial so far instead of following TPE (0 = plain TPE).
         data_options: keyword arguments of :func:`sparsesearch.data.load_dataset`.
         checkpoint: a trained state_dict file for ``model`` (loaded with ``weights_only=True``).
+        strategy_params: ``{strategy: {hyperparameter: value}}`` fixing (a number or a choice)
+            or narrowing (``[low, high]``, a list of choices) what strategy plugins suggest
+            through ``sparsesearch_suggest_params``.
     Returns:
         a :class:`SearchResult`; its test accuracy is measured for the final model only.
     """
@@ -715,6 +793,11 @@ def _search(
     if not strategies:
         raise SparsesearchError("strategies is empty: name at least one strategy")
     infos = [plugins.get_strategy(s) for s in strategies]  # unknown names fail here
+    overrides = {str(k): dict(v) for k, v in (strategy_params or {}).items()}
+    for name in overrides:
+        if name not in strategies:
+            raise SparsesearchError(
+                f"strategy_params names {name!r}, which is not among the strategies {strategies}")
     heuristics = list(dict.fromkeys(heuristics))
     for h in heuristics:
         if h not in HEURISTICS:
@@ -748,7 +831,7 @@ def _search(
         model=model, net=net, data_key=data_key, budget=budget, budget_metric=budget_metric,
         seed=seed, space=space, strategies=strategies, heuristics=heuristics,
         compute=budget_compute, objective=objective, dense=dense_settings, include=include,
-        exclude=exclude, trained=trained,
+        exclude=exclude, trained=trained, strategy_params=overrides,
     )
     _check_identity(storage, study_name, identity)
     example = _example(splits, torch_device)
@@ -817,7 +900,7 @@ def _search(
         strategies=strategies, plans=plans, space=space, compute=budget_compute,
         heuristics=heuristics, seed=seed, dense=dense_model,
         splits=splits, device=torch_device, teacher=teacher, num_batches=num_batches,
-        multi_objective=objective == "pareto",
+        multi_objective=objective == "pareto", strategy_overrides=overrides,
         score_dir=run_dir if isinstance(data, str) else None,
         score_key=(data_key, _state_fingerprint(dense_model)),
     )

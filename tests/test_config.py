@@ -250,3 +250,12 @@ def test_mac_budget_keys_reach_search(tmp_path):
     path.write_text('[model]\nname = "digits-cnn"\n[data]\nname = "digits"\n[budget]\nparams = 500\n')
     kw = load_study_config(path).search_kwargs(runs_dir=tmp_path)
     assert kw["budget"] == 500 and kw["budget_metric"] == "params"
+
+
+def test_strategy_params_tables_reach_search(tmp_path):
+    cfg = load_study_config(write(tmp_path, MINIMAL + '[strategy_params.magnitude]\n"m:a" = 0.5\n"m:b" = [1, 2]\n'))
+    assert cfg.search_kwargs()["strategy_params"] == {"magnitude": {"m:a": 0.5, "m:b": [1, 2]}}
+    with pytest.raises(ConfigError, match=r"\[strategy_params.gradient\] names a strategy that is not in search.strategies"):
+        load_study_config(write(tmp_path, MINIMAL + '[strategy_params.gradient]\nx = 1\n'))
+    with pytest.raises(ConfigError, match="strategy_params.magnitude.x must be a number, a string"):
+        load_study_config(write(tmp_path, MINIMAL + '[strategy_params.magnitude]\nx = {y = 1}\n'))

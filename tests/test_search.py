@@ -424,3 +424,52 @@ def test_the_score_cache_key_follows_the_strategy_code():
             sparsesearch.plugins.reset_plugins()
     assert keys[0] != keys[1] and keys[0] == keys[2]
     assert _strategy_version("magnitude")[0] == "sparsesearch"
+
+
+class Knob(sparsesearch.Strategy):
+    name = "knob"
+    seen: list = []
+
+    def score(self, layer, context):
+        Knob.seen.append(dict(context.params))
+        return layer.weight.abs() * context.params["knob:alpha"]
+
+
+class KnobPlugin:
+    @sparsesearch.hookimpl
+    def sparsesearch_register_strategies(self, register):
+        register(Knob())
+
+    @sparsesearch.hookimpl
+    def sparsesearch_suggest_params(self, strategy, trial):
+        if strategy != "knob":
+            return None
+        return {"knob:alpha": trial.suggest_float("knob:alpha", 0.0, 1.0),
+                "knob:mode": trial.suggest_categorical("knob:mode", ["a", "b", "c"]),
+                "knob:steps": trial.suggest_int("knob:steps", 1, 10)}
+
+
+def test_strategy_params_fix_and_narrow_a_plugins_hyperparameters(tmp_path, runs_dir):
+    sparsesearch.plugins.register_plugin(KnobPlugin(), name="knob-plugin")
+    try:
+        Knob.seen.clear()
+        r = _search(tmp_path, name="knob", runs=runs_dir, strategies=["knob"], n_trials=5,
+                    compute={"epochs": 12},
+                    strategy_params={"knob": {"knob:alpha": 0.25, "knob:mode": ["a", "b"],
+                                              "knob:steps": [2, 3]}})
+        done = [t for t in r.study.trials if "recipe" in t.user_attrs]
+        assert done
+        for t in done:
+            p = t.user_attrs["recipe"]["strategy_params"]
+            assert p["knob:alpha"] == 0.25 and p["knob:mode"] in ("a", "b") and 2 <= p["knob:steps"] <= 3
+        assert Knob.seen and all(s["knob:alpha"] == 0.25 for s in Knob.seen)
+        with pytest.raises(SparsesearchError, match="no COMPLETE trial"):
+            _search(tmp_path, name="knob2", runs=runs_dir, strategies=["knob"], n_trials=2,
+                    compute={"epochs": 12, "finalists": 0}, strategy_params={"knob": {"knob:beta": 1}})
+        study = optuna.load_study(study_name="knob2", storage=f"sqlite:///{tmp_path / 'study.db'}")
+        assert all("strategy_params.knob.knob:beta: strategy 'knob' has no such hyperparameter"
+                   in t.user_attrs["fail_reason"] for t in study.trials if t.state == optuna.trial.TrialState.FAIL)
+        with pytest.raises(SparsesearchError, match="not among the strategies"):
+            _search(tmp_path, name="knob3", runs=runs_dir, strategy_params={"other": {"x": 1}})
+    finally:
+        sparsesearch.plugins.reset_plugins()
