@@ -86,12 +86,14 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "options": ("table", "other keyword arguments of the dataset loader"),
     },
     "budget": {
-        "params": ("int>=1", "maximum remaining parameters, counted over the whole model"),
-        "fraction": ("fraction1", "share of the model's parameters to keep, in (0, 1]"),
-        "macs": ("int>=1", "instead of parameters: maximum multiply-accumulates per sample "
-                           "of the Linear/Conv layers"),
-        "macs_fraction": ("fraction1", "instead of parameters: share of the dense model's MACs "
-                                       "to keep, in (0, 1]"),
+        "params": ("int>=1 or range", "maximum remaining parameters, counted over the whole model "
+                                      "(pareto studies: [low, high], a budget per trial)"),
+        "fraction": ("fraction1 or range", "share of the model's parameters to keep, in (0, 1] "
+                                           "(pareto studies: [low, high])"),
+        "macs": ("int>=1 or range", "instead of parameters: maximum multiply-accumulates per sample "
+                                    "of the Linear/Conv layers"),
+        "macs_fraction": ("fraction1 or range", "instead of parameters: share of the dense model's "
+                                                "MACs to keep, in (0, 1]"),
     },
     "search": {
         "strategies": ("strlist", "strategy names searched over (default ['magnitude']; "
@@ -331,6 +333,9 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+_KIND_WORDS = {"int>=1": "an integer >= 1", "fraction1": "a number in (0, 1]"}
+
+
 def _check_value(where: str, dotted: str, kind: str, value: Any) -> Any:
     """Type-check one value; return it normalised (lists of str as tuples, etc.)."""
     if kind == "str" or kind == "path":
@@ -377,6 +382,16 @@ def _check_value(where: str, dotted: str, kind: str, value: Any) -> Any:
         if isinstance(value, bool) or value in ("family", "heuristics", "layers"):
             return value
         raise _type_error(where, dotted, "'family', 'heuristics', 'layers', true or false", value)
+    if kind.endswith(" or range"):
+        inner = kind.removesuffix(" or range")
+        if isinstance(value, list):
+            if len(value) != 2:
+                raise _type_error(where, dotted, f"{_KIND_WORDS[inner]} or [low, high]", value)
+            lo, hi = (_check_value(where, dotted, inner, v) for v in value)
+            if not lo < hi:
+                raise ConfigError(f"{where}{dotted} range needs low < high, got {value!r}")
+            return [lo, hi]
+        return _check_value(where, dotted, inner, value)
     if kind == "bool":
         if not isinstance(value, bool):
             raise _type_error(where, dotted, "true or false", value)

@@ -3,7 +3,7 @@ writes, in one place (documented in docs/concepts.md, "What a study records").
 
 Study attributes (``study.user_attrs``)::
 
-    format, identity, settings, budget_metric, budget_params | budget_macs, total_params, total_macs,
+    format, identity, settings, budget_metric, budget_range, budget_params | budget_macs, total_params, total_macs,
     dense_val_accuracy, dense_test_accuracy, dense_epochs, val_size, seeds_enqueued,
     compute (the ComputeBudget as a dict), epochs_trained, finals_enqueued, final_trial,
     best_trial, test_accuracy ({trial number: accuracy}, the chosen trial only)
@@ -22,7 +22,8 @@ from typing import Any
 __all__ = ["budget_key", "trial_attrs"]
 
 FORMAT = "format"
-IDENTITY = "identity"  # what makes the study one problem (model, data, budget, seed, space, ...)
+IDENTITY = "identity"
+BUDGET_RANGE = "budget_range"  # a pareto study's [low, high] per-trial budgets  # what makes the study one problem (model, data, budget, seed, space, ...)
 STUDY_FORMAT = "sparsesearch.study/2"
 SETTINGS = "settings"
 BUDGET_METRIC = "budget_metric"

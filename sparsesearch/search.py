@@ -270,6 +270,7 @@ class _Objective:
     num_batches: int
     multi_objective: bool
     strategy_overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    budget_range: tuple[int, int] | None = None  # a pareto study's per-trial budgets (units)
     score_dir: Path | None = None
     score_key: Any = None
     score_cache: dict[Any, dict[str, torch.Tensor]] = dataclasses.field(default_factory=dict)
@@ -332,7 +333,8 @@ class _Objective:
     def heuristic_keep(self, heuristic: str, strategy: str, params: Mapping[str, Any],
                        plan: BudgetPlan, scores: Mapping[str, torch.Tensor] | None) -> dict[str, int]:
         """A heuristic's allocation, computed once per (heuristic, strategy, params)."""
-        key = (heuristic, strategy, plan.granularity, json.dumps(params, sort_keys=True, default=str))
+        key = (heuristic, strategy, plan.granularity, plan.budget_params,
+               json.dumps(params, sort_keys=True, default=str))
         if key not in self.heuristic_cache:
             self.heuristic_cache[key] = plan.heuristic(heuristic, scores)
         return dict(self.heuristic_cache[key])
@@ -355,6 +357,9 @@ class _Objective:
         strat = plugins.get_strategy(strategy).strategy
         strategy_params = _strategy_params(trial, strategy, self.strategy_overrides)
         plan: BudgetPlan = self.plans[strat.granularity]
+        if self.budget_range is not None:  # each trial its own budget: one study, a whole front
+            lo, hi = self.budget_range
+            plan = dataclasses.replace(plan, budget_params=trial.suggest_int("budget", lo, hi, log=True))
         scores = self.scores_for(strategy, strategy_params)
         keep = self.allocate(trial, plan, strategy, strategy_params, scores, heuristic)
         settings = self.space.suggest(trial)
@@ -459,7 +464,7 @@ class _Objective:
         })
         self.keep_model(trial.number, phase, val, model)
         if self.multi_objective:
-            return val, float(counted)
+            return val, float(measured[plan.metric])
         return val
 
     def _stop(self, trial: optuna.Trial, epochs: int, reason: str) -> None:
@@ -715,7 +720,7 @@ def search(*args: Any, **kwargs: Any) -> "SearchResult":
 def _search(
     model: nn.Module | str,
     data: Any,
-    budget: int | float,
+    budget: int | float | Sequence[int | float],
     *,
     strategies: Sequence[str] | str = ("magnitude",),
     n_trials: int | None = None,
@@ -758,7 +763,10 @@ def _search(
             trained first, or say ``trained=``) or a zoo name such as ``"lenet5"``.
         data: a dataset name (``"digits"``, ``"mnist-5k"``) or a ``(train, val, test)`` tuple.
         budget: an int (maximum remaining parameters) or a float in (0, 1] (fraction of the
-            model's parameters to keep), counted by :func:`sparsesearch.count_params`.
+            model's parameters to keep), counted by :func:`sparsesearch.count_params`; with
+            ``objective="pareto"`` also ``[low, high]``: each trial samples its own budget in
+            that range (log scale, trial parameter ``budget``), so one study spans the
+            accuracy-vs-size front.
         strategies: strategy names searched over (a categorical dimension).
         compute: the study's fine-tuning compute: epochs (a number) or a
             :class:`sparsesearch.ComputeBudget` / dict of its fields (default: 4 × the dense
@@ -827,8 +835,16 @@ def _search(
     )
     if objective == "pareto":
         budget_compute = dataclasses.replace(budget_compute, finalists=0)
+    budget_low: int | float | None = None
+    if isinstance(budget, (list, tuple)):
+        if objective != "pareto" or len(budget) != 2 or not budget[0] < budget[1]:
+            raise SparsesearchError(
+                f"a budget range [low, high] needs objective='pareto' and low < high, got "
+                f"{budget=} with {objective=}")
+        budget_low, budget = budget[0], budget[1]
     identity = _identity(
-        model=model, net=net, data_key=data_key, budget=budget, budget_metric=budget_metric,
+        model=model, net=net, data_key=data_key,
+        budget=budget if budget_low is None else [budget_low, budget], budget_metric=budget_metric,
         seed=seed, space=space, strategies=strategies, heuristics=heuristics,
         compute=budget_compute, objective=objective, dense=dense_settings, include=include,
         exclude=exclude, trained=trained, strategy_params=overrides,
@@ -836,8 +852,9 @@ def _search(
     _check_identity(storage, study_name, identity)
     example = _example(splits, torch_device)
     # an infeasible budget is refused on the structure, before the dense model is trained
-    _plan_all(net, infos, find_layers(net, include=include, exclude=exclude), budget, space,
-              budget_metric, example)
+    for b in (budget,) if budget_low is None else (budget_low, budget):
+        _plan_all(net, infos, find_layers(net, include=include, exclude=exclude), b, space,
+                  budget_metric, example)
     dense_model = _train_dense(net, built, trained, splits, data, data_options, dense_settings,
                                seed, torch_device, run_dir)
     dense_epochs = dense_settings.resolved_epochs(len(splits.train))
@@ -846,6 +863,10 @@ def _search(
     layers = find_layers(dense_model, include=include, exclude=exclude)
     plans = _plan_all(dense_model, infos, layers, budget, space, budget_metric, example)
     budget_params = next(iter(plans.values())).budget_params
+    budget_range = None
+    if budget_low is not None:
+        low_plans = _plan_all(dense_model, infos, layers, budget_low, space, budget_metric, example)
+        budget_range = (next(iter(low_plans.values())).budget_params, budget_params)
     total_params = count_params(dense_model).total
     dense_val = evaluate(dense_model, splits.val, device=torch_device)
     if dense_val <= 1.5 / max(splits.num_classes, 2):
@@ -892,6 +913,8 @@ def _search(
         study.set_user_attr(record.VAL_SIZE, len(splits.val))
         study.set_user_attr(record.COMPUTE, budget_compute.to_dict())
         study.set_user_attr(record.IDENTITY, identity)
+        if budget_range is not None:
+            study.set_user_attr(record.BUDGET_RANGE, list(budget_range))
         study.set_metric_names(["val_accuracy", "params"] if objective == "pareto" else ["val_accuracy"])
         study.set_user_attr(record.FORMAT, record.STUDY_FORMAT)
 
@@ -900,7 +923,7 @@ def _search(
         strategies=strategies, plans=plans, space=space, compute=budget_compute,
         heuristics=heuristics, seed=seed, dense=dense_model,
         splits=splits, device=torch_device, teacher=teacher, num_batches=num_batches,
-        multi_objective=objective == "pareto", strategy_overrides=overrides,
+        multi_objective=objective == "pareto", strategy_overrides=overrides, budget_range=budget_range,
         score_dir=run_dir if isinstance(data, str) else None,
         score_key=(data_key, _state_fingerprint(dense_model)),
     )
@@ -944,8 +967,12 @@ def _enqueue_seeds(study: optuna.Study, obj: _Objective, seeds: Sequence[tuple[s
             # its scores are left out; its own trials fail like any trial would
             log.warning("the global/lamp seed trials are left out: %s", exc)
             seeds = [(h, sv) for h, sv in seeds if h not in ("global", "lamp")]
-    for h, sv in seeds:
+    for i, (h, sv) in enumerate(seeds):
         params = dict(sv)
+        if obj.budget_range is not None:  # the seeds spread over the budgets, geometrically
+            lo, hi = obj.budget_range
+            params["budget"] = int(round(lo * (hi / lo) ** (i / max(len(seeds) - 1, 1))))
+            plan = dataclasses.replace(plans[first.granularity], budget_params=params["budget"])
         if len(obj.strategies) > 1:
             params["strategy"] = obj.strategies[0]
         if space.allocation == "layers":

@@ -259,3 +259,13 @@ def test_strategy_params_tables_reach_search(tmp_path):
         load_study_config(write(tmp_path, MINIMAL + '[strategy_params.gradient]\nx = 1\n'))
     with pytest.raises(ConfigError, match="strategy_params.magnitude.x must be a number, a string"):
         load_study_config(write(tmp_path, MINIMAL + '[strategy_params.magnitude]\nx = {y = 1}\n'))
+
+
+def test_a_budget_range_for_pareto_studies(tmp_path):
+    base = MINIMAL.replace("fraction = 0.1", "fraction = [0.01, 0.2]")
+    cfg = load_study_config(write(tmp_path, base + '[study]\nobjective = "pareto"\n'))
+    assert cfg.search_kwargs()["budget"] == [0.01, 0.2]
+    with pytest.raises(ConfigError, match=r"budget.fraction range needs low < high"):
+        load_study_config(write(tmp_path, MINIMAL.replace("fraction = 0.1", "fraction = [0.2, 0.1]")))
+    with pytest.raises(ConfigError, match=r"budget.fraction must be a number in \(0, 1\] or \[low, high\]"):
+        load_study_config(write(tmp_path, MINIMAL.replace("fraction = 0.1", "fraction = [0.1, 0.2, 0.3]")))

@@ -473,3 +473,22 @@ def test_strategy_params_fix_and_narrow_a_plugins_hyperparameters(tmp_path, runs
             _search(tmp_path, name="knob3", runs=runs_dir, strategy_params={"other": {"x": 1}})
     finally:
         sparsesearch.plugins.reset_plugins()
+
+
+def test_a_pareto_study_over_a_budget_range_spans_the_front(tmp_path, runs_dir):
+    r = _search(tmp_path, name="front", runs=runs_dir, objective="pareto", budget=(0.03, 0.5),
+                n_trials=10, compute={"epochs": 100})
+    lo, hi = r.study.user_attrs["budget_range"]
+    assert lo == math.floor(0.03 * 6570) and hi == math.floor(0.5 * 6570)
+    complete = r.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    sizes = {t.user_attrs["params"] for t in complete}
+    assert len(sizes) >= 5  # not a vertical strip at one size
+    for t in complete:
+        assert lo <= t.params["budget"] <= hi
+        assert t.user_attrs["params"] <= t.params["budget"]  # each trial meets its own budget
+        assert t.values[1] == t.user_attrs["params"]
+    seeds = sorted(t.params["budget"] for t in r.study.trials if t.user_attrs.get("heuristic"))
+    assert seeds[0] == lo and seeds[-1] == hi  # the seeds spread over the range
+    assert len({t.user_attrs["params"] for t in r.pareto_front}) >= 2
+    with pytest.raises(SparsesearchError, match="needs objective='pareto'"):
+        _search(tmp_path, name="front2", runs=runs_dir, budget=(0.03, 0.5))
