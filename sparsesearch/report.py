@@ -19,6 +19,7 @@ import math
 import os
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -173,6 +174,69 @@ def _test_accuracy(study_attrs: dict[str, Any], number: int) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def _save(fig: Any, path: Path) -> Path:
+    """The figure as PNG at ``path`` and as SVG next to it (same name, ``.svg``)."""
+    fig.savefig(path, dpi=110)
+    fig.savefig(path.with_suffix(".svg"))
+    return path
+
+
+def plot_learning_curves(study: optuna.Study, path: Path) -> Path:
+    """Validation accuracy after each fine-tuning epoch of every trial (Optuna's intermediate
+    values): screening trials thin (grey where stopped early), finalists thick."""
+    fig, ax = _figure()
+    values: list[float] = []
+    shown = set()
+    for t in study.get_trials(deepcopy=False):
+        if not t.intermediate_values:
+            continue
+        steps = sorted(t.intermediate_values)
+        ys = [t.intermediate_values[k] for k in steps]
+        values += ys
+        if t.user_attrs.get("phase") == "final":
+            kind, style = "finalist", dict(color="tab:red", linewidth=2.0, zorder=4)
+        elif t.state == TrialState.PRUNED:
+            kind, style = "stopped early", dict(color="0.7", linewidth=0.8, zorder=2)
+        else:
+            kind, style = "screening", dict(color="tab:blue", linewidth=0.9, alpha=0.7, zorder=3)
+        ax.plot(steps, ys, marker="." if len(steps) < 4 else None,
+                label=None if kind in shown else kind, **style)
+        shown.add(kind)
+    _ylim(ax, values, [])
+    ax.set_title(f"Learning curves: {study.study_name}")
+    ax.set_xlabel("fine-tuning epochs of the trial")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    if shown:
+        ax.legend(loc="best", fontsize=8, framealpha=0.85)
+    return _save(fig, path)
+
+
+def _importance_lines(study: optuna.Study) -> list[str]:
+    """Optuna's parameter importances (fANOVA) over the COMPLETE screening trials, when there
+    are enough of them to say anything."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("phase") != "final"]
+    if len(study.directions) > 1 or len(done) < 4:
+        return []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            imp = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+                params=None, target=None)
+    except Exception as exc:  # noqa: BLE001 - importances are a reading aid: never fail the report
+        return ["## Parameter importances", "", f"Not computed: {type(exc).__name__}: {exc}", ""]
+    if not imp:
+        return []
+    lines = ["## Parameter importances", "",
+             f"fANOVA over the {len(done)} COMPLETE screening trials (seeded): the share of the "
+             "variance of validation accuracy each parameter explains. Few trials make this rough.", "",
+             "| parameter | importance |", "|---|---|"]
+    lines += [f"| `{k}` | {v:.2f} |" for k, v in imp.items()]
+    return lines + [""]
+
+
 def _figure(width: float = 7.0, height: float = 4.5):
     from matplotlib.figure import Figure  # matplotlib is slow to import; only the plot needs it
 
@@ -240,8 +304,7 @@ def plot_history(study: optuna.Study, path: Path) -> Path:
     ax.grid(alpha=0.3)
     if complete or pruned:
         ax.legend(loc="best", fontsize=8, framealpha=0.85)
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, path)
 
 
 def plot_accuracy_vs_compute(study: optuna.Study, path: Path) -> Path:
@@ -289,8 +352,7 @@ def plot_accuracy_vs_compute(study: optuna.Study, path: Path) -> Path:
     ax.grid(alpha=0.3)
     if values:
         ax.legend(loc="best", fontsize=8, framealpha=0.85)
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, path)
 
 
 def _compute_lines(study: optuna.Study, trials: Sequence[FrozenTrial], best: FrozenTrial | None,
@@ -389,8 +451,7 @@ def plot_accuracy_vs_params(study: optuna.Study, path: Path) -> Path:
     ax.grid(alpha=0.3)
     if pts:
         ax.legend(loc="best", fontsize=8, framealpha=0.85)
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, path)
 
 
 def plot_layer_sparsity(best: FrozenTrial, path: Path, compare: FrozenTrial | None = None) -> Path:
@@ -416,8 +477,7 @@ def plot_layer_sparsity(best: FrozenTrial, path: Path, compare: FrozenTrial | No
     ax.set_title(f"Per-layer sparsity of the best trial (#{best.number})")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -534,6 +594,9 @@ def write_report(
     heur = _heuristic_bests(complete)
 
     images = [("Optimisation history", plot_history(study, plots / "history.png"))]
+    if any(t.intermediate_values for t in trials):
+        images.append(("Learning curves (validation accuracy per epoch)",
+                       plot_learning_curves(study, plots / "learning_curves.png")))
     if attrs.get("compute"):
         images.append(("Validation accuracy vs compute spent",
                        plot_accuracy_vs_compute(study, plots / "accuracy_vs_compute.png")))
@@ -616,6 +679,8 @@ def write_report(
         add("The validation split size is not recorded in this study (it was not created by "
             "sparsesearch.search), or there is no COMPLETE trial.")
     add("")
+
+    lines.extend(_importance_lines(study))
 
     add("## Plots")
     add("")

@@ -93,7 +93,8 @@ def test_run_then_resume(ran):
     assert "## Compute: how it was spent and where the final model came from" in report
     assert f"The final model is trial **#{attrs['best_trial']}**" in report
     assert f"spent **{attrs['epochs_trained']}**" in report
-    for png in ("history.png", "accuracy_vs_compute.png", "accuracy_vs_params.png", "layer_sparsity.png"):
+    for png in ("history.png", "learning_curves.png", "accuracy_vs_compute.png", "accuracy_vs_params.png",
+                "layer_sparsity.png"):
         assert (run_dir / "plots" / png).read_bytes().startswith(PNG)
 
 
@@ -115,7 +116,8 @@ def test_report_and_export_from_the_storage(ran):
     import matplotlib.image
 
     plots = sorted((cwd / "rep" / "plots").glob("*.png"))
-    assert [p.name for p in plots] == ["accuracy_vs_compute.png", "accuracy_vs_params.png", "history.png", "layer_sparsity.png"]
+    assert [p.name for p in plots] == ["accuracy_vs_compute.png", "accuracy_vs_params.png", "history.png",
+                                       "layer_sparsity.png", "learning_curves.png"]
     for p in plots:
         assert p.read_bytes().startswith(PNG)
         assert matplotlib.image.imread(p).shape[0] > 100

@@ -72,8 +72,12 @@ def test_report_from_storage_alone(tmp_path, storage):
     study = open_study(storage, "s")  # a fresh load: only what is stored
     report = write_report(study, tmp_path / "out", storage=storage)
     text = report.read_text()
-    plots = sorted(p.name for p in (tmp_path / "out" / "plots").iterdir())
-    assert plots == ["accuracy_vs_params.png", "history.png", "layer_sparsity.png"]
+    everything = sorted(p.name for p in (tmp_path / "out" / "plots").iterdir())
+    plots = [n for n in everything if n.endswith(".png")]
+    assert plots == ["accuracy_vs_params.png", "history.png", "layer_sparsity.png", "learning_curves.png"]
+    assert [n for n in everything if n.endswith(".svg")] == [n[:-4] + ".svg" for n in plots]
+    for n in plots:
+        assert (tmp_path / "out" / "plots" / (n[:-4] + ".svg")).read_text().lstrip().startswith("<?xml")
     for name in plots:
         data = (tmp_path / "out" / "plots" / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 5000
@@ -206,3 +210,21 @@ def test_the_open_elsewhere_commands_work(kind, tmp_path, monkeypatch):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)) == len(study.trials)
+
+
+def test_parameter_importances_and_learning_curves(tmp_path, storage):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    study = optuna.create_study(storage=storage, study_name="imp", direction="maximize")
+    dists = {"lr": FloatDistribution(1e-3, 1e-1, log=True),
+             "alloc:heuristic": CategoricalDistribution(["lamp", "erk"])}
+    for i in range(8):
+        lr = 1e-3 * 1.8 ** i
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": lr, "alloc:heuristic": "lamp" if i % 2 else "erk"}, distributions=dists,
+            value=0.5 + 0.05 * i, intermediate_values={1: 0.4 + 0.04 * i, 2: 0.5 + 0.05 * i},
+            user_attrs={"params": 100, "phase": "screen", "epochs": 2}))
+    text = write_report(study, tmp_path / "imp", storage=storage).read_text()
+    assert "## Parameter importances" in text and "| `lr` |" in text
+    assert (tmp_path / "imp" / "plots" / "learning_curves.png").read_bytes().startswith(PNG)
+    assert (tmp_path / "imp" / "plots" / "learning_curves.svg").is_file()
