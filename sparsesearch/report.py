@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import statistics
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -486,17 +485,28 @@ def plot_layer_sparsity(best: FrozenTrial, path: Path, compare: FrozenTrial | No
 LATENCY_BATCHES = (1, 64)
 
 
-def median_latency(model: Any, example: Any, *, runs: int = 20, warmup: int = 3) -> float:
-    """Median wall time in seconds of ``model(example)`` on the CPU (``torch.inference_mode``)."""
-    model = model.cpu().eval()
-    times = []
+def interleaved_latency(models: dict[str, Any], example: Any, *, rounds: int = 5,
+                        min_run_time: float = 0.05) -> dict[str, tuple[float, float, float]]:
+    """Per model: ``(median, low quartile, high quartile)`` seconds of one ``model(example)``
+    on the CPU (``torch.inference_mode``), measured with ``torch.utils.benchmark`` (adaptive
+    ``blocked_autorange``) in ``rounds`` interleaved rounds (dense, compacted, dense, ...), so a
+    change of machine load hits every model alike. The spread is over all measured blocks."""
+    from torch.utils import benchmark  # imported on demand: only the latency section needs it
+
+    times: dict[str, list[float]] = {k: [] for k in models}
     with torch.inference_mode():
-        for i in range(warmup + runs):
-            start = time.perf_counter()
-            model(example)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for m in models.values():
+            m.cpu().eval()(example)  # warm-up
+        for _ in range(rounds):
+            for name, m in models.items():
+                t = benchmark.Timer(stmt="m(x)", globals={"m": m, "x": example},
+                                    num_threads=torch.get_num_threads())
+                times[name].extend(t.blocked_autorange(min_run_time=min_run_time).times)
+    out = {}
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [ts[0]] * 3
+        out[name] = (statistics.median(ts), q[0], q[2])
+    return out
 
 
 def _latency_section(study: optuna.Study, best: FrozenTrial, runs_dir: Any, config: Any,
@@ -521,15 +531,18 @@ def _latency_section(study: optuna.Study, best: FrozenTrial, runs_dir: Any, conf
     if result.fallback:
         return [f"Latency not measured: the best model could not be compacted ({result.reason})."]
     models = {"dense": dense.cpu().eval(), "compacted": result.model.eval()}
-    out = [f"Median of 20 runs after 3 warm-ups, `torch.inference_mode`, on the CPU "
-           f"({torch.get_num_threads()} threads); compacted: {result.params_after:,} of "
+    out = [f"`torch.utils.benchmark` (adaptive `blocked_autorange`), 5 interleaved rounds of dense "
+           f"and compacted, `torch.inference_mode`, on the CPU ({torch.get_num_threads()} threads): "
+           f"median and interquartile range; compacted: {result.params_after:,} of "
            f"{result.params_before:,} parameters.", "",
            "| batch | dense (ms) | compacted (ms) | speed-up |", "|---|---|---|---|"]
     for b in LATENCY_BATCHES:
         x = example.expand(b, *example.shape[1:]).contiguous()
-        ms = {k: 1000 * median_latency(m, x) for k, m in models.items()}
-        out.append(f"| batch {b} | {ms['dense']:.3f} | {ms['compacted']:.3f} | "
-                   f"{ms['dense'] / max(ms['compacted'], 1e-9):.2f}× |")
+        lat = interleaved_latency(models, x)
+        d, c = lat["dense"], lat["compacted"]
+        out.append(f"| batch {b} | {1000 * d[0]:.3f} ({1000 * d[1]:.3f}–{1000 * d[2]:.3f}) | "
+                   f"{1000 * c[0]:.3f} ({1000 * c[1]:.3f}–{1000 * c[2]:.3f}) | "
+                   f"{d[0] / max(c[0], 1e-12):.2f}× |")
     return out
 
 

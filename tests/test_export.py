@@ -202,6 +202,11 @@ def test_report_of_a_structured_study_times_dense_and_compacted(structured, tmp_
     section = text.split("## CPU latency")[1].split("\n## ")[0]
     assert "| batch | dense (ms) | compacted (ms) | speed-up |" in section
     assert "| batch 1 |" in section and "| batch 64 |" in section
+    assert "interleaved rounds" in section and "blocked_autorange" in section
+    import re
+
+    for lo, med_hi in re.findall(r"\(([0-9.]+)–([0-9.]+)\)", section):  # the spread: low <= high
+        assert float(lo) <= float(med_hi)
     text = write_report(study, tmp_path / "r2", runs_dir=tmp_path / "nothing").read_text()
     assert "Latency not measured: no dense-model cache" in text
     assert "## CPU latency" not in write_report(study, tmp_path / "r3", latency=False).read_text()
