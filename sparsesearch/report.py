@@ -180,6 +180,17 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _finish(fig: Any, ax: Any, path: Path, title: str, xlabel: str, *, legend: bool) -> Path:
+    """Title, axis labels (validation accuracy on y), grid and legend; saved as PNG and SVG."""
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(loc="best", fontsize=8, framealpha=0.85)
+    return _save(fig, path)
+
+
 def plot_learning_curves(study: optuna.Study, path: Path) -> Path:
     """Validation accuracy after each fine-tuning epoch of every trial (Optuna's intermediate
     values): screening trials thin (grey where stopped early), finalists thick."""
@@ -202,13 +213,8 @@ def plot_learning_curves(study: optuna.Study, path: Path) -> Path:
                 label=None if kind in shown else kind, **style)
         shown.add(kind)
     _ylim(ax, values, [])
-    ax.set_title(f"Learning curves: {study.study_name}")
-    ax.set_xlabel("fine-tuning epochs of the trial")
-    ax.set_ylabel("validation accuracy")
-    ax.grid(alpha=0.3)
-    if shown:
-        ax.legend(loc="best", fontsize=8, framealpha=0.85)
-    return _save(fig, path)
+    return _finish(fig, ax, path, f"Learning curves: {study.study_name}",
+                   "fine-tuning epochs of the trial", legend=bool(shown))
 
 
 def _importance_lines(study: optuna.Study) -> list[str]:
@@ -345,13 +351,8 @@ def plot_accuracy_vs_compute(study: optuna.Study, path: Path) -> Path:
     if compute:
         ax.axvline(float(compute), color="0.4", linestyle="--", linewidth=1, label="compute budget")
     _ylim(ax, values, [_val(t) for t in groups["finalists"]])
-    ax.set_title(f"Accuracy vs compute spent: {study.study_name}")
-    ax.set_xlabel("fine-tuning epochs spent by the study")
-    ax.set_ylabel("validation accuracy")
-    ax.grid(alpha=0.3)
-    if values:
-        ax.legend(loc="best", fontsize=8, framealpha=0.85)
-    return _save(fig, path)
+    return _finish(fig, ax, path, f"Accuracy vs compute spent: {study.study_name}",
+                   "fine-tuning epochs spent by the study", legend=bool(values))
 
 
 def _compute_lines(study: optuna.Study, trials: Sequence[FrozenTrial], best: FrozenTrial | None,
