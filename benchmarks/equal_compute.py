@@ -60,7 +60,7 @@ HEURISTICS = ("uniform", "global", "lamp", "erk")
 BASELINES = (*HEURISTICS, "torch-l1")
 GRID = {  # (model, data): kept fractions
     ("lenet5", "mnist-5k"): (0.02, 0.01, 0.005, 0.0025),
-    ("lenet300", "mnist-5k"): (0.02, 0.01, 0.005, 0.0025),
+    ("lenet300", "mnist-5k"): (0.02, 0.01, 0.005),  # 0.25 % (666) is below its feasible 676
     ("cifar-resnet", "digits"): (0.1, 0.05),
 }
 SEEDS = (0, 1, 2)
