@@ -190,7 +190,7 @@ def _ms(values: list[float]) -> str:
 def render(cells: dict[str, dict[str, Any]]) -> str:
     methods = ("search", "pick", "gradual", *BASELINES)
     lines = [
-        "| model / data | kept | seeds | dense | " + " | ".join(methods) + " | epochs each | search − pick |",
+        "| model / data | kept | seeds | dense | " + " | ".join(methods) + " | fine-tuning epochs (each method) | search − pick |",
         "|---|---|---|---|" + "---|" * len(methods) + "---|---|",
     ]
     groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
