@@ -145,11 +145,12 @@ def _val(t: FrozenTrial) -> float:
 
 
 def _heuristic_bests(complete: Sequence[FrozenTrial]) -> dict[str, FrozenTrial]:
-    """The best COMPLETE trial of each heuristic seed (seeds are enqueued at several lrs)."""
+    """The best COMPLETE screening trial of each heuristic seed (a finalist retraining a seed
+    is the search's result, not the heuristic's)."""
     out: dict[str, FrozenTrial] = {}
     for t in complete:
         h = t.user_attrs.get("heuristic")
-        if not h:
+        if not h or t.user_attrs.get("phase") == "final":
             continue
         if h not in out or (_val(t), -t.number) > (_val(out[h]), -out[h].number):
             out[h] = t
@@ -379,7 +380,7 @@ def _compute_lines(study: optuna.Study, trials: Sequence[FrozenTrial], best: Fro
         lengths = "/".join(str(n) for n in sorted({int(t.user_attrs.get("epochs", 0) or 0) for t in finals}))
         sources = ", ".join(f"#{n}" for n in sorted({t.user_attrs.get("finalist_of", -1) for t in finals}))
         scales = ", ".join(format(float(t.user_attrs.get("lr_scale", 1.0)), ".2g") for t in finals)
-        out.append(f"- Finalists: {ep(finals)} epochs: {len(finals)} retrainings of {sources} "
+        out.append(f"- Finalists: {ep(finals)} epochs: {len(finals)} retraining{'s' if len(finals) != 1 else ''} of {sources} "
                    f"({lengths} epochs each, gradual pruning, learning-rate scales {scales}).")
     if best is not None and best.user_attrs.get("phase") == "final":
         src = best.user_attrs.get("finalist_of")
@@ -388,7 +389,8 @@ def _compute_lines(study: optuna.Study, trials: Sequence[FrozenTrial], best: Fro
             alloc += f", temperature {best.params['alloc:temperature']:.2f}"
         lr = (best.user_attrs.get("recipe") or {}).get("retrain", {}).get("lr", float("nan"))
         out.append(f"- The final model is trial **#{best.number}**: screening trial #{src} ({alloc}) "
-                   f"retrained at lr {lr:.3g}, chosen on validation among the finalists.")
+                   f"retrained at lr {lr:.3g}" + (", chosen on validation among the finalists."
+                                                  if len(finals) > 1 else "."))
         done = [t for t in finals if t.state == TrialState.COMPLETE and t.values]
         if len(done) > 1 and isinstance(val_size, int) and val_size > 0:
             vals = sorted((_val(t) for t in done), reverse=True)
@@ -656,9 +658,9 @@ def write_report(
     if best is None:
         add("No COMPLETE trial yet.")
     else:
-        add("Each heuristic seed is the best of its enqueued trials (it is tried at several "
-            "learning rates). Test accuracy is measured for the best trial only; nothing is "
-            "selected on it.")
+        add("Each heuristic row is its seed trial (the best, if it was enqueued at several learning "
+            "rates), screened with the short one-shot regime; the best trial is the final model. "
+            "Test accuracy is measured for the best trial only; nothing is selected on it.")
         add("")
         add("| | trial | strategy | val accuracy | ±SE (pts) | test accuracy | params | compression | lr |")
         add("|---|---|---|---|---|---|---|---|---|")
