@@ -941,7 +941,7 @@ def _search(
         run_study(study, obj, n_trials=n_trials, timeout=timeout, max_complete=max_complete,
                   callbacks=[*cbs, stop], show_progress_bar=show_progress)
     # 2. the finalists, retrained at full fidelity
-    if budget_compute.finalists and objective == "accuracy":
+    if budget_compute.final_runs and objective == "accuracy":
         # every WAITING trial runs: left-over seeds stop at once ("screening closed")
         waiting = _enqueue_finals(study, budget_compute, run_dir)
         if waiting:

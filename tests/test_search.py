@@ -492,3 +492,10 @@ def test_a_pareto_study_over_a_budget_range_spans_the_front(tmp_path, runs_dir):
     assert len({t.user_attrs["params"] for t in r.pareto_front}) >= 2
     with pytest.raises(SparsesearchError, match="needs objective='pareto'"):
         _search(tmp_path, name="front2", runs=runs_dir, budget=(0.03, 0.5))
+
+
+def test_screening_only_when_no_share_is_left_for_finalists(tmp_path, runs_dir):
+    r = _search(tmp_path, name="screen-only", runs=runs_dir, n_trials=3,
+                compute={"epochs": 9, "final_share": 0.0})
+    assert not any(t.user_attrs.get("phase") == "final" for t in r.study.trials)
+    assert r.best_trial.user_attrs["phase"] == "screen" and r.epochs_trained <= 9
