@@ -277,6 +277,7 @@ class _Objective:
     heuristic_cache: dict[Any, dict[str, int]] = dataclasses.field(default_factory=dict)
     models: dict[int, nn.Module] = dataclasses.field(default_factory=dict)
     best_value: float | None = None
+    best_screen: int | None = None  # the screening trial whose model is kept
 
     def __call__(self, trial: optuna.Trial) -> Any:
         try:
@@ -476,10 +477,8 @@ class _Objective:
         if phase == record.FINAL:
             self.models[number] = model
         elif self.best_value is None or val > self.best_value:
-            for n in [n for n, m in self.models.items() if getattr(m, "_ss_phase", None) == record.SCREEN]:
-                del self.models[n]
-            model._ss_phase = record.SCREEN  # type: ignore[attr-defined]
-            self.best_value = val
+            self.models.pop(self.best_screen, None)
+            self.best_value, self.best_screen = val, number
             self.models[number] = model
 
     def measure(self, model: nn.Module, granularity: str) -> tuple[int, int]:
@@ -851,22 +850,22 @@ def _search(
     )
     _check_identity(storage, study_name, identity)
     example = _example(splits, torch_device)
-    # an infeasible budget is refused on the structure, before the dense model is trained
-    for b in (budget,) if budget_low is None else (budget_low, budget):
-        _plan_all(net, infos, find_layers(net, include=include, exclude=exclude), b, space,
-                  budget_metric, example)
-    dense_model = _train_dense(net, built, trained, splits, data, data_options, dense_settings,
-                               seed, torch_device, run_dir)
-    dense_epochs = dense_settings.resolved_epochs(len(splits.train))
-    space = space.resolve(len(splits.train))
-    budget_compute = budget_compute.resolve(dense_epochs)
-    layers = find_layers(dense_model, include=include, exclude=exclude)
-    plans = _plan_all(dense_model, infos, layers, budget, space, budget_metric, example)
+    # the plans depend on the structure only: made once, before the dense model is trained (in
+    # place, the same modules), so an infeasible budget is refused before any work
+    layers = find_layers(net, include=include, exclude=exclude)
+    plans = _plan_all(net, infos, layers, budget, space, budget_metric, example)
     budget_params = next(iter(plans.values())).budget_params
     budget_range = None
     if budget_low is not None:
-        low_plans = _plan_all(dense_model, infos, layers, budget_low, space, budget_metric, example)
+        low_plans = _plan_all(net, infos, layers, budget_low, space, budget_metric, example)
         budget_range = (next(iter(low_plans.values())).budget_params, budget_params)
+    dense_model = _train_dense(net, built, trained, splits, data, data_options, dense_settings,
+                               seed, torch_device, run_dir)
+    if dense_model is not net:  # pragma: no cover - _prepare_dense trains and loads in place
+        raise AssertionError("the dense model must be the planned module, trained in place")
+    dense_epochs = dense_settings.resolved_epochs(len(splits.train))
+    space = space.resolve(len(splits.train))
+    budget_compute = budget_compute.resolve(dense_epochs)
     total_params = count_params(dense_model).total
     dense_val = evaluate(dense_model, splits.val, device=torch_device)
     if dense_val <= 1.5 / max(splits.num_classes, 2):

@@ -57,7 +57,8 @@ def test_packaged_studies_are_shipped_and_valid():
         cfg = load_study_config(ROOT / "sparsesearch" / "studies" / name)
         assert cfg.name == name.removesuffix(".toml")
         assert cfg.n_trials is None or cfg.n_trials > 0
-        assert cfg.search_kwargs()["compute"].epochs or not cfg.compute  # sized by compute
+        compute = cfg.search_kwargs()["compute"]  # sized by compute: a [compute] table or 4 x dense
+        assert compute.epochs == cfg.compute.get("epochs") and compute.final_runs >= 1
         text = (ROOT / "sparsesearch" / "studies" / name).read_text()
         assert text.lstrip().startswith("#"), f"{name} should open with a comment"
 

@@ -328,6 +328,11 @@ def test_mac_budget_is_met_by_every_trial(tmp_path, runs_dir):
     assert count_macs(r.model, x, nonzero=True) <= attrs["budget_macs"]
     summary = r.summary()
     assert f"(budget {attrs['budget_macs']} MACs)" in summary and f"/{total} per sample" in summary
+    # a study searched from Python (no stored study file) is rebuilt with its MAC budget, not 1
+    from sparsesearch.export import config_from_study
+
+    cfg = config_from_study(r.study)
+    assert cfg.budget_metric == "macs" and cfg.budget == 0.25
 
 
 def test_model_that_does_not_fit_the_data_is_one_clear_error(tmp_path, runs_dir):
