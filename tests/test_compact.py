@@ -24,7 +24,7 @@ from sparsesearch.compact import (
 from sparsesearch.masks import get_mask, masked_modules
 from sparsesearch.models import build_model
 
-compact_mod = importlib.import_module("sparsesearch.compact")  # the module, not the function
+compact_mod = importlib.import_module("sparsesearch.compact.surgery")  # where _param_like is used
 
 ZOO = {
     "lenet5": ((1, 1, 28, 28), {}),

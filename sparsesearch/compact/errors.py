@@ -1,0 +1,13 @@
+"""The errors and warnings of compaction (re-exported by :mod:`sparsesearch.compact`)."""
+
+from __future__ import annotations
+
+from sparsesearch.errors import SparsesearchError
+
+
+class CompactionError(SparsesearchError):
+    """The compacted model does not compute what the masked model computes (names the group)."""
+
+
+class CompactionWarning(UserWarning):
+    """Pruned channels that could not be removed, or a model that could not be compacted."""
