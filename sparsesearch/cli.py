@@ -325,6 +325,11 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{' / '.join(limits)} ({cfg.model} on {cfg.data}, budget {cfg.budget})")
     progress = None if args.quiet else Progress(cfg.n_trials, timeout=cfg.timeout, header=header)
     handler.progress = progress
+    handler.epoch_lines = _VERBOSITY[0] > 0  # fit's per-epoch records as log lines with -v
+    # on a terminal the display shows every epoch of training (fit's DEBUG records)
+    train_log = logging.getLogger("sparsesearch.train")
+    if progress is not None and progress.tty:
+        train_log.setLevel(logging.DEBUG)
     recorded: list[bool] = []
 
     def record_config(study: Any, trial: Any) -> None:
@@ -357,6 +362,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous)
         if progress is not None:
             progress.close()
+        handler.progress = None
+        train_log.setLevel(logging.NOTSET)
     elapsed = time.monotonic() - started
     study = result.study
     study.set_user_attr(CONFIG_ATTR, cfg.to_dict())

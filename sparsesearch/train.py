@@ -4,7 +4,9 @@ evaluation, and in-memory batching. The only module in sparsesearch that runs tr
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import logging
 import math
 import os
 from pathlib import Path
@@ -21,6 +23,7 @@ from sparsesearch.errors import SparsesearchError
 from sparsesearch.models import load_checkpoint
 
 __all__ = [
+    "EPOCH_RECORD",
     "FitResult",
     "NonFiniteLossError",
     "evaluate",
@@ -33,6 +36,16 @@ __all__ = [
 
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("cosine", "constant")
+
+_log = logging.getLogger("sparsesearch.train")
+# The attribute of the DEBUG record that :func:`fit` logs after each epoch on
+# "sparsesearch.train": a dict with "phase" ("dense" inside :func:`train_dense`, else "trial"),
+# "model" (its class name), "epoch" (1-based), "epochs", "train_loss" and "val_accuracy"
+# (None without val_data). The progress display of ``sparsesearch run`` draws it.
+EPOCH_RECORD = "sparsesearch_epoch"
+_PHASE: contextvars.ContextVar[str] = contextvars.ContextVar("sparsesearch_train_phase",
+                                                             default="trial")
+
 
 
 class NonFiniteLossError(SparsesearchError, RuntimeError):
@@ -305,8 +318,18 @@ def fit(
                     loss_sum += loss.detach() * len(y)
                     seen += len(y)
                 train_loss = float(loss_sum.item()) / max(seen, 1)
-                if val_data is not None:
-                    acc = evaluate(model, val_data, device=device)
+                acc = evaluate(model, val_data, device=device) if val_data is not None else None
+                if _log.isEnabledFor(logging.DEBUG):  # the per-epoch progress (EPOCH_RECORD)
+                    _log.debug(
+                        "%s epoch %d/%d: train loss %.4f%s", _PHASE.get(), epoch + 1, epochs,
+                        train_loss, "" if acc is None else f", val {acc:.4f}",
+                        extra={EPOCH_RECORD: {
+                            "phase": _PHASE.get(), "model": type(model).__name__,
+                            "epoch": epoch + 1, "epochs": epochs, "train_loss": train_loss,
+                            "val_accuracy": acc,
+                        }},
+                    )
+                if acc is not None:
                     history.append(acc)
                     if on_epoch is not None:
                         on_epoch(epoch, acc)
@@ -349,10 +372,14 @@ def train_dense(
     device = resolve_device(device)
 
     def train() -> nn.Module:
-        fit(
-            model, splits.train, epochs=epochs, lr=lr, optimizer=optimizer,
-            weight_decay=weight_decay, batch_size=batch_size, seed=seed, device=device,
-        )
+        phase = _PHASE.set("dense")  # labels fit's per-epoch records (EPOCH_RECORD)
+        try:
+            fit(
+                model, splits.train, epochs=epochs, lr=lr, optimizer=optimizer,
+                weight_decay=weight_decay, batch_size=batch_size, seed=seed, device=device,
+            )
+        finally:
+            _PHASE.reset(phase)
         return model
 
     if cache_path is None:

@@ -168,9 +168,10 @@ def test_wheel_metadata(wheel):
     requires = values("Requires-Dist")
     assert "optuna<6,>=5" in requires
     extras = set(values("Provides-Extra"))
-    assert {"onnx", "safetensors", "progress", "postgres", "dev"} <= extras
+    assert {"onnx", "safetensors", "postgres", "dev"} <= extras
     core = [r for r in requires if "extra ==" not in r]
-    for optional in ("onnx", "onnxruntime", "safetensors", "tqdm"):
+    assert "tqdm>=4.60" in core  # the progress bar: a core dependency (tiny; optuna needs it too)
+    for optional in ("onnx", "onnxruntime", "safetensors"):
         assert not [r for r in core if r.split(";")[0].strip().startswith(optional)], optional
         assert any(r.startswith(optional) and "extra ==" in r for r in requires), optional
 
