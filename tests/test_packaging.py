@@ -153,7 +153,15 @@ def test_wheel_ships_py_typed_and_the_license(wheel):
     names = wheel.namelist()
     assert "sparsesearch/py.typed" in names
     assert f"{DIST_INFO}/licenses/LICENSE" in names
-    assert "Apache License, Version 2.0" in wheel.read(f"{DIST_INFO}/licenses/LICENSE").decode()
+    text = wheel.read(f"{DIST_INFO}/licenses/LICENSE").decode()
+    assert text == (ROOT / "LICENSE").read_text()
+    # the full license text, not a notice pointing to it
+    assert text.startswith("Copyright (c) 2026 the sparsesearch authors\n")
+    for part in ("Apache License\n                           Version 2.0, January 2004",
+                 "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION",
+                 "3. Grant of Patent License.", "9. Accepting Warranty or Additional Liability.",
+                 "END OF TERMS AND CONDITIONS"):
+        assert part in text, part
     assert (ROOT / "sparsesearch" / "py.typed").is_file()
 
 
@@ -164,7 +172,8 @@ def test_wheel_metadata(wheel):
     assert values("License-File") == ["LICENSE"]
     assert not any(v.startswith("License ::") for v in values("Classifier"))
     assert "Typing :: Typed" in values("Classifier")
-    assert {v.split(",")[0] for v in values("Project-URL")} >= {"Homepage", "Source"}
+    # no public address yet: no guessed URLs that lead nowhere (pyproject.toml says so)
+    assert values("Project-URL") == []
     requires = values("Requires-Dist")
     assert "optuna<6,>=5" in requires
     extras = set(values("Provides-Extra"))
