@@ -108,6 +108,8 @@ def apply_sparsity(
     *,
     groups: Any = None,
     group_score: str = "sum",
+    model: nn.Module | None = None,
+    example_input: Any = None,
 ) -> None:
     """Mask each layer at exactly ``round(amount × units)`` lowest-scoring units.
 
@@ -123,6 +125,12 @@ def apply_sparsity(
     carry it), and ``False`` masks every layer on its own. A group removes as many of its
     channels as its most-pruned member asks for (the planner always gives members the same
     amount); it always keeps one. Untied layers are masked exactly as before.
+
+    ``model`` is the model the layers belong to. Given it (the engine always gives it), channel
+    masking also masks what the new masks imply: the BatchNorm affine of every channel whose
+    input is now zero (:func:`sparsesearch.compact.dependent_masks`, zeros followed on
+    ``example_input`` when given), so the masked model computes what the compacted one does.
+    Without it only the layers are masked.
     """
     tied: set[str] = set()
     if granularity == "channel":
@@ -172,6 +180,9 @@ def apply_sparsity(
                 continue
             mask = exact_mask(scores[layer.name], amount, previous=previous)
             apply_mask(module, mask)
+    if granularity == "channel" and model is not None:
+        # a masked filter's BatchNorm would output its shift: mask that too
+        dependent_masks(model, example_input)
 
 
 def prune(
@@ -228,11 +239,9 @@ def prune(
     )
     if scope == "global":
         amounts = global_amounts(layers, scores, float(sparsity), strat.granularity, groups=graph)
-    apply_sparsity(layers, scores, amounts, strat.granularity, groups=graph)
-    if strat.granularity == "channel":
-        # a masked filter's BatchNorm would output its shift: mask that too, so the masked
-        # model computes what the compacted one does
-        dependent_masks(model, example_input)
+    apply_sparsity(
+        layers, scores, amounts, strat.granularity, groups=graph, model=model, example_input=example_input
+    )
     return model
 
 
