@@ -22,7 +22,6 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from sparsesearch.compact import dependent_masks
 from sparsesearch.data import as_splits
 from sparsesearch.errors import SparsesearchError
 from sparsesearch.layers import find_layers
@@ -253,9 +252,7 @@ def replay(
             step_scores = scores
         else:  # prune steps after the first score the current (fine-tuned) model
             step_scores = compute_scores(work, layers, strategy, **score_kw)
-        apply_sparsity(layers, step_scores, step_amount, strategy.granularity)
-        if strategy.granularity == "channel":
-            dependent_masks(work, example)
+        apply_sparsity(layers, step_scores, step_amount, strategy.granularity, model=work, example_input=example)
         if on_masked is not None:
             on_masked(work, step == steps - 1)
 
