@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test run bench clean
+.PHONY: test run bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/equal_compute.py
+	$(MAKE) bench-peers
+
+# structured pruning against Torch-Pruning and ModelOpt FastNAS (the optional `bench` extra)
+bench-peers: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) benchmarks/peers.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

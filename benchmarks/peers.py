@@ -1,0 +1,515 @@
+"""Structured pruning side by side with the peers: Torch-Pruning and NVIDIA ModelOpt's FastNAS.
+
+One *cell* is (model, target, seed, method). Per (model, seed) the dense model is trained once
+(``search()``'s own dense default: AdamW, lr 1e-3, weight decay 0.01, auto epochs) and every
+method starts from a copy of it.
+
+  models     bn-cnn / mnist-5k: 4 × (3×3 conv + BatchNorm + ReLU), 2 max-pools, Flatten →
+             Linear(3136, 128) → Linear(128, 10); 468,202 parameters, 18.7 M MACs per sample.
+             resnet8 / digits: sparsesearch's ``cifar-resnet`` at depth 8 (BN basic blocks,
+             1×1-conv shortcuts), width 16, on the 8×8 digits; 77,754 parameters, 0.76 M MACs.
+  targets    30 % and 10 % of the parameters, 40 % and 15 % of the MACs (counted on the
+             compacted model: ``count_params`` and ``sparsesearch.count_macs``, Linear and Conv
+             MACs per sample).
+  tp-uniform, tp-global
+             Torch-Pruning 1.6 ``MetaPruner`` with ``MagnitudeImportance(p=1)``, the classifier
+             ignored, one shot, uniform (``global_pruning=False``) or global; its
+             ``pruning_ratio`` is bisected (14 steps) to the largest model within the target.
+  fastnas    ModelOpt ``mtp.prune(mode=[("fastnas", ...)])`` with channel/feature divisor 4
+             (the default 32 leaves a 32-channel layer no choice), ``constraints={"params": N}``
+             or ``{"flops": "P%"}``, score = validation accuracy, BatchNorm recalibrated on the
+             training split (``mtp.prune`` returns the exported, plain subnet).
+  finetune   every peer's pruned model gets the same fine-tuning: ``sparsesearch.train.fit``
+             (AdamW, no weight decay, 5 % warm-up + cosine, batch 128) at 3 learning rates
+             (3e-4, 1e-3, 3e-3) × ``E`` = 8 epochs; the best lr on validation is kept, its test
+             accuracy reported.
+  sparsesearch
+             ``sparsesearch.search(dense, (train, val, test), target, strategies="l1-filter",
+             trained=True, seed=seed, compute=3 × E = 24, budget_metric="params" | "macs")``: the
+             same fine-tuning epochs in total as a peer's three runs, spent as it chooses.
+
+Every number is measured on the compacted model: parameters, MACs, % of the target used, CPU
+latency at batch 1 and 64 (``torch.utils.benchmark`` ``blocked_autorange``, 5 rounds
+interleaved with the dense model, medians; reported as the ratio to the dense model, which
+runs in the same rounds), and wall time (pruning or search, fine-tuning). One torch thread.
+Usage::
+
+    python benchmarks/peers.py                          # the full grid (resumable)
+    python benchmarks/peers.py --quick                  # 1 seed, 2 epochs per lr, 1 target
+    python benchmarks/peers.py --only bn-cnn:params0.1 --methods fastnas --seeds 0
+    python benchmarks/peers.py --render                 # docs table from the stored results
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import contextlib
+import copy
+import io
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import sparsesearch  # noqa: E402
+from sparsesearch import count_macs, count_params, load_dataset  # noqa: E402
+from sparsesearch.report import interleaved_latency  # noqa: E402
+from sparsesearch.search import prepare_dense_model  # noqa: E402
+from sparsesearch.train import NonFiniteLossError, evaluate, fit  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "peers.json"
+QUICK_RESULTS = ROOT / "benchmarks" / "results" / "peers-quick.json"
+RUNS = ROOT / "benchmarks" / "results" / "runs" / "peers"  # dense cache, models; beside --results
+MODELS = {"bn-cnn": "mnist-5k", "resnet8": "digits"}
+TARGETS = (("params", 0.3), ("params", 0.1), ("macs", 0.4), ("macs", 0.15))
+PEERS = ("tp-uniform", "tp-global", "fastnas")
+METHODS = (*PEERS, "sparsesearch")
+SEEDS = (0, 1, 2)
+LRS = (3e-4, 1e-3, 3e-3)
+EPOCHS = 8          # per learning rate: a peer fine-tunes 3 × 8 = 24 epochs, the search gets 24
+QUICK_EPOCHS = 2
+FASTNAS_DIVISOR = 4
+TP_STEPS = 14
+
+
+class BNCNN(nn.Module):
+    """4 × (conv + BN + ReLU), 2 max-pools, Flatten → Linear → Linear (468,202 parameters)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        def block(i: int, o: int) -> list[nn.Module]:
+            return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU()]
+        self.features = nn.Sequential(*block(1, 32), *block(32, 32), nn.MaxPool2d(2),
+                                      *block(32, 64), *block(64, 64), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(),
+                                        nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def build(model: str, splits: Any) -> nn.Module:
+    if model == "bn-cnn":
+        return BNCNN(splits.num_classes)
+    return sparsesearch.build_model("cifar-resnet", num_classes=splits.num_classes,
+                                    input_shape=tuple(splits.input_shape), depth=8)
+
+
+def classifier(net: nn.Module) -> nn.Module:
+    return [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+
+
+# -- dense -------------------------------------------------------------------------------------
+
+
+def dense_model(model: str, seed: int) -> tuple[nn.Module, Any]:
+    """The dense model of (model, seed), trained once (cached under RUNS) by search()'s default."""
+    data = MODELS[model]
+    splits = load_dataset(data, seed=seed)
+    torch.manual_seed(seed)
+    net = build(model, splits)
+    net, splits = prepare_dense_model(net, data, seed=seed, trained=False, runs_dir=RUNS,
+                                      study_name=f"dense-{model}-{seed}")
+    return net.eval(), splits
+
+
+def example(splits: Any, batch: int = 1) -> torch.Tensor:
+    return torch.zeros(batch, *splits.input_shape)
+
+
+def measure(net: nn.Module, splits: Any) -> dict[str, int]:
+    return {"params": int(count_params(net).total), "macs": int(count_macs(net, example(splits)))}
+
+
+# -- the shared fine-tuning ------------------------------------------------------------------
+
+
+def finetune(net: nn.Module, splits: Any, epochs: int, seed: int) -> tuple[nn.Module, dict[str, Any]]:
+    """The same fine-tuning for every peer: AdamW at each lr of LRS for ``epochs``; the best on
+    validation (the lowest lr on ties) is returned with its test accuracy."""
+    best: tuple[float, nn.Module, dict[str, Any]] | None = None
+    runs = []
+    for i, lr in enumerate(LRS):
+        m = copy.deepcopy(net)
+        try:
+            res = fit(m, splits.train, epochs=epochs, lr=lr, optimizer="adamw", weight_decay=0.0,
+                      seed=seed * 1000 + i, val_data=splits.val, warmup=0.05)
+            val = float(res.val_accuracy)
+        except NonFiniteLossError:
+            val = 0.0
+        m.eval()
+        runs.append({"lr": lr, "val": val})
+        if best is None or val > best[0]:
+            best = (val, m, runs[-1])
+    assert best is not None
+    _, m, run = best
+    return m, {"val": run["val"], "test": evaluate(m, splits.test), "lr": run["lr"], "runs": runs,
+               "epochs": epochs * len(LRS)}
+
+
+# -- Torch-Pruning -----------------------------------------------------------------------------
+
+
+def tp_prune(dense: nn.Module, splits: Any, kind: str, budget: int, global_pruning: bool) -> tuple[nn.Module, dict]:
+    """MetaPruner (L1 magnitude), one shot; the pruning ratio bisected to the largest model
+    whose ``kind`` count fits ``budget``."""
+    import torch_pruning as tp
+
+    x = example(splits)
+
+    def pruned(ratio: float) -> nn.Module | None:
+        m = copy.deepcopy(dense)
+        try:
+            pruner = tp.pruner.MetaPruner(
+                m, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio,
+                global_pruning=global_pruning, ignored_layers=[classifier(m)], max_pruning_ratio=0.95)
+            pruner.step()
+            m(x)
+        except Exception:  # a global ratio that empties a layer: treated as too small a model
+            return None
+        return m
+
+    lo, hi, best, best_ratio = 0.0, 0.95, None, None
+    for _ in range(TP_STEPS):
+        mid = (lo + hi) / 2
+        m = pruned(mid)
+        if m is not None and measure(m, splits)[kind] <= budget:
+            hi, best, best_ratio = mid, m, mid
+        elif m is None:
+            hi = mid
+        else:
+            lo = mid
+    if best is None:
+        best, best_ratio = pruned(hi), hi
+        if best is None:
+            raise RuntimeError(f"torch-pruning found no model within {kind} {budget}")
+    return best.eval(), {"ratio": best_ratio}
+
+
+# -- FastNAS -----------------------------------------------------------------------------------
+
+
+def fastnas_prune(dense: nn.Module, splits: Any, kind: str, budget: int, fraction: float,
+                  workdir: str) -> tuple[nn.Module, dict]:
+    import modelopt.torch.prune as mtp
+
+    d = FASTNAS_DIVISOR
+    config = {
+        "nn.Conv2d": {"*": {"channel_divisor": d}},
+        "nn.Linear": {"*": {"feature_divisor": d}},
+        "nn.BatchNorm2d": {"*": {"feature_divisor": d}},
+    }
+    loader = torch.utils.data.DataLoader(splits.train, batch_size=128, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+    constraints = {"params": int(budget)} if kind == "params" else {"flops": f"{fraction * 100:g}%"}
+    model = copy.deepcopy(dense)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, _state = mtp.prune(
+            model, mode=[("fastnas", config)], constraints=constraints, dummy_input=example(splits),
+            config={"data_loader": loader, "score_func": lambda m: evaluate(m, splits.val),
+                    "checkpoint": os.path.join(workdir, "fastnas.pth"), "verbose": False})
+    return model.eval(), {"constraints": constraints}
+
+
+# -- sparsesearch ------------------------------------------------------------------------------
+
+
+def run_search(dense: nn.Module, splits: Any, kind: str, fraction: float, seed: int, epochs: int) -> tuple[nn.Module, dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        r = sparsesearch.search(copy.deepcopy(dense), (splits.train, splits.val, splits.test), fraction,
+                                strategies="l1-filter", trained=True, seed=seed, compute=epochs,
+                                budget_metric=kind, runs_dir=tmp, study_name="bench")
+        small = sparsesearch.compact(r.model, example_input=example(splits, 2))
+        info = {"val": r.val_accuracy, "test": r.test_accuracy, "epochs": r.epochs_trained,
+                "trials": len(r.study.trials), "budget_reported": r.budget_params,
+                "params_reported": r.params, "compact_fallback": bool(small.fallback),
+                "heuristic": r.best_trial.params.get("alloc:heuristic"),
+                "lr": r.best_trial.params.get("lr"),
+                "sparsesearch_rev": _rev()}
+    return small.model.eval(), info
+
+
+def _rev() -> str:
+    """The sparsesearch code the search ran (``SPARSESEARCH_REV`` for a snapshot outside git)."""
+    import subprocess
+    if os.environ.get("SPARSESEARCH_REV"):
+        return os.environ["SPARSESEARCH_REV"]
+    try:
+        return subprocess.run(["git", "log", "--oneline", "-1"], cwd=ROOT, capture_output=True,
+                              text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+# -- one cell ----------------------------------------------------------------------------------
+
+
+def budget_of(dense: nn.Module, splits: Any, kind: str, fraction: float) -> int:
+    return int(math.floor(fraction * measure(dense, splits)[kind]))
+
+
+def run_cell(model: str, kind: str, fraction: float, seed: int, method: str, epochs: int) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    dense, splits = dense_model(model, seed)
+    dense_counts = measure(dense, splits)
+    budget = budget_of(dense, splits, kind, fraction)
+    out: dict[str, Any] = {"model": model, "data": MODELS[model], "kind": kind, "fraction": fraction,
+                           "seed": seed, "method": method, "budget": budget,
+                           "dense": {**dense_counts, "val": evaluate(dense, splits.val),
+                                     "test": evaluate(dense, splits.test)}}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        if method in ("tp-uniform", "tp-global"):
+            pruned, info = tp_prune(dense, splits, kind, budget, method == "tp-global")
+        elif method == "fastnas":
+            pruned, info = fastnas_prune(dense, splits, kind, budget, fraction, tmp)
+        elif method == "sparsesearch":
+            final, info = run_search(dense, splits, kind, fraction, seed, epochs * len(LRS))
+        else:
+            raise SystemExit(f"unknown method {method!r}")
+    t_prune = time.perf_counter() - t0
+    if method == "sparsesearch":
+        out.update(info)
+        out["seconds_search"] = t_prune
+        out["seconds_finetune"] = 0.0
+    else:
+        out["pruned_val_before_finetune"] = evaluate(pruned, splits.val)
+        t1 = time.perf_counter()
+        final, ft = finetune(pruned, splits, epochs, seed)
+        out.update(info)
+        out.update(ft)
+        out["seconds_search"] = t_prune
+        out["seconds_finetune"] = time.perf_counter() - t1
+    out["seconds"] = out["seconds_search"] + out["seconds_finetune"]
+    counts = measure(final, splits)
+    out.update(counts)
+    out["budget_used"] = counts[kind] / budget
+    out["latency"] = {}
+    for b in (1, 64):
+        lat = interleaved_latency({"dense": dense, "pruned": final}, example(splits, b) + 0.1, rounds=5)
+        out["latency"][f"b{b}"] = {"dense": lat["dense"][0], "pruned": lat["pruned"][0],
+                                   "ratio": lat["pruned"][0] / lat["dense"][0]}
+    RUNS.mkdir(parents=True, exist_ok=True)
+    torch.save(final, RUNS / f"{_key(out).replace(':', '_')}.pt")  # for a joint latency pass
+    return out
+
+
+# -- results -----------------------------------------------------------------------------------
+
+
+def _key(r: dict[str, Any]) -> str:
+    return f"{r['model']}:{r['kind']}{r['fraction']}:{r['seed']}:{r['method']}"
+
+
+def load(path: Path) -> dict[str, dict[str, Any]]:
+    if path.is_file():
+        return {_key(r): r for r in json.loads(path.read_text())["cells"]}
+    return {}
+
+
+def save(path: Path, cells: dict[str, dict[str, Any]], epochs: int) -> None:
+    """Write ``cells`` merged into what the file holds now (another run may share it)."""
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        merged = {**load(path), **cells}
+        cells.update(merged)
+        _write(path, merged, epochs)
+
+
+def _write(path: Path, cells: dict[str, dict[str, Any]], epochs: int) -> None:
+    versions = {}
+    for dist in ("torch", "torch-pruning", "nvidia-modelopt", "optuna"):
+        try:
+            from importlib.metadata import version
+            versions[dist] = version(dist)
+        except Exception:
+            versions[dist] = None
+    meta = {"versions": versions, "sparsesearch": sparsesearch.__version__, "epochs_per_lr": epochs,
+            "lrs": list(LRS), "command": "python benchmarks/peers.py"}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "cells": sorted(cells.values(), key=_key)}, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _ms(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    if not values:
+        return "–"
+    m = statistics.mean(values) * scale
+    if len(values) == 1:
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+
+
+def _count(values: list[float], unit: str) -> str:
+    m = statistics.mean(values)
+    s = statistics.stdev(values) if len(values) > 1 else 0.0
+    if unit == "M":
+        return f"{m / 1e6:.2f} M" + (f" ± {s / 1e6:.2f}" if len(values) > 1 else "")
+    return f"{m / 1e3:.1f} k" + (f" ± {s / 1e3:.1f}" if len(values) > 1 else "")
+
+
+def render(cells: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        "| model / data | target | method | seeds | test % | params | MACs | % of target used "
+        "| latency b1 (× dense) | latency b64 (× dense) | pruning / search s | fine-tuning s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in cells.values():
+        groups.setdefault((r["model"], r["kind"], r["fraction"], r["method"]), []).append(r)
+    kinds = {"params": 0, "macs": 1}
+    order = sorted(groups, key=lambda k: (k[0], kinds[k[1]], -k[2], METHODS.index(k[3])))
+    last = None
+    for g in order:
+        rs = groups[g]
+        model, kind, fraction, method = g
+        dense = [r["dense"]["test"] for r in rs]
+        head = (f"{model} / {MODELS[model]}", f"{fraction * 100:g} % {kind}")
+        if last != g[:3]:
+            lines.append(f"| {head[0]} | {head[1]} | dense | {len(rs)} | {_ms(dense, 100)} | "
+                         f"{_count([r['dense']['params'] for r in rs], 'k')} | "
+                         f"{_count([r['dense']['macs'] for r in rs], 'M')} | – | 1 | 1 | – | – |")
+        last = g[:3]
+        lines.append("| " + " | ".join([
+            head[0], head[1], method, str(len(rs)), _ms([r["test"] for r in rs], 100),
+            _count([r["params"] for r in rs], "k"), _count([r["macs"] for r in rs], "M"),
+            _ms([r["budget_used"] for r in rs], 100),
+            _ms([r["latency"]["b1"]["ratio"] for r in rs], 1, 2),
+            _ms([r["latency"]["b64"]["ratio"] for r in rs], 1, 2),
+            _ms([r["seconds_search"] for r in rs], 1, 0),
+            _ms([r["seconds_finetune"] for r in rs], 1, 0) if method != "sparsesearch" else "(in search)",
+        ]) + " |")
+    return "\n".join(lines)
+
+
+DOC = ROOT / "docs" / "benchmarks.md"
+START, END = "<!-- peers:start -->", "<!-- peers:end -->"
+
+
+def doc_section(cells: dict[str, dict[str, Any]]) -> str:
+    protocol = __doc__.split("Usage::")[0].strip().split("\n", 1)[1].strip()
+    seeds = sorted({r["seed"] for r in cells.values()})
+    meta = json.loads(RESULTS.read_text())["meta"] if RESULTS.is_file() else {}
+    v = meta.get("versions", {})
+    return "\n".join([
+        START,
+        "## Structured: side by side with Torch-Pruning and FastNAS",
+        "",
+        "Generated by `python benchmarks/peers.py` (`make bench-peers`; the peers are the optional",
+        "`bench` extra: `pip install -e \".[bench]\"`); results in `benchmarks/results/peers.json`.",
+        f"Torch-Pruning {v.get('torch-pruning')}, ModelOpt {v.get('nvidia-modelopt')}, torch {v.get('torch')}. "
+        f"Mean ± std over the seeds measured ({', '.join(map(str, seeds))}; the `seeds` column says how many "
+        "each row has). Latency is the compacted model's median over the dense model's median, measured "
+        "interleaved, 1 thread, on 2 shared cores (noisy). Wall time in seconds, on those shared cores.",
+        "",
+        render(cells),
+        "",
+        "Protocol (from the script's docstring):",
+        "",
+        "```",
+        protocol,
+        "```",
+        END,
+    ])
+
+
+def write_doc(cells: dict[str, dict[str, Any]]) -> None:
+    text = DOC.read_text() if DOC.is_file() else "# Benchmarks\n"
+    section = doc_section(cells)
+    if START in text and END in text:
+        text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
+    else:  # after the equal-compute section (and its hand-written reading), before round 1
+        anchor = "\n## Round 1 protocol"
+        i = text.find(anchor)
+        text = (text[:i] + "\n" + section + "\n" + text[i:]) if i >= 0 else (text.rstrip("\n") + "\n\n" + section + "\n")
+    DOC.write_text(text)
+
+
+def _dense_only(cell: tuple[str, int]) -> None:
+    torch.set_num_threads(1)
+    dense_model(*cell)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="1 seed, 2 epochs per lr, bn-cnn at 30 %% params; "
+                    "results in peers-quick.json, docs untouched")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--seeds", type=int, nargs="*", default=None)
+    ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="model or model:target cells, e.g. bn-cnn:params0.1 resnet8:macs0.15")
+    ap.add_argument("--render", action="store_true", help="only print the table of stored results")
+    ap.add_argument("--doc", action="store_true", help="only rewrite the docs/benchmarks.md section")
+    ap.add_argument("--redo", action="store_true", help="recompute cells already stored")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="results file (default benchmarks/results/peers.json; the dense cache "
+                         "and the models go to runs/peers beside it)")
+    args = ap.parse_args(argv)
+    global RUNS
+    path = args.results or (QUICK_RESULTS if args.quick else RESULTS)
+    RUNS = path.resolve().parent / "runs" / "peers"
+    epochs = QUICK_EPOCHS if args.quick else EPOCHS
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else list(SEEDS))
+    only = args.only if args.only is not None else (["bn-cnn:params0.3"] if args.quick else None)
+    cells = load(path)
+    if args.render:
+        print(render(cells))
+        return 0
+    if args.doc:
+        write_doc(cells)
+        return 0
+    todo = []
+    # seed-major, so that a stopped run has whole seeds
+    for method in args.methods:
+        for seed in seeds:
+            for model in MODELS:
+                for kind, f in TARGETS:
+                    if only is not None and model not in only and f"{model}:{kind}{f}" not in only:
+                        continue
+                    key = f"{model}:{kind}{f}:{seed}:{method}"
+                    if args.redo or key not in cells:
+                        todo.append((model, kind, f, seed, method))
+    todo.sort(key=lambda c: (c[3], c[4] == "sparsesearch"))  # seed by seed, the search last
+    print(f"{len(todo)} cells to run", flush=True)
+    for cell in sorted({(m, s) for m, _, _, s, _ in todo}):
+        _dense_only(cell)
+    with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(run_cell, *c, epochs): c for c in todo}
+        for fut in cf.as_completed(futures):
+            try:
+                r = fut.result()
+            except Exception as exc:  # one failed cell does not stop the grid
+                print(f"{futures[fut]}: FAILED {type(exc).__name__}: {exc}", flush=True)
+                continue
+            cells[_key(r)] = r
+            save(path, cells, epochs)
+            print(f"{_key(r)}: test {r['test']:.4f} params {r['params']} macs {r['macs']} "
+                  f"used {r['budget_used']:.3f} b64 ×{r['latency']['b64']['ratio']:.2f} "
+                  f"{r['seconds_search']:.0f}+{r['seconds_finetune']:.0f} s", flush=True)
+    print(render(cells))
+    if not args.quick:
+        write_doc(cells)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
