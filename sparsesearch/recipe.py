@@ -16,12 +16,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
+from sparsesearch.compact import CompactionWarning, compact
 from sparsesearch.data import as_splits
 from sparsesearch.errors import SparsesearchError
 from sparsesearch.layers import find_layers
@@ -171,11 +173,14 @@ def _example(splits: Any, device: Any) -> torch.Tensor:
 @dataclasses.dataclass
 class Replay:
     """What :func:`replay` did: the pruned ``model`` (masks on), the validation accuracy after
-    each fine-tuning epoch (``history``, when validation ran) and the ``epochs`` trained."""
+    each fine-tuning epoch (``history``, when validation ran) and the ``epochs`` trained;
+    ``compacted`` is the compacted model that trained (channel strategies, see :func:`replay`),
+    computing what ``model`` computes."""
 
     model: nn.Module
     history: list[float]
     epochs: int
+    compacted: nn.Module | None = None
 
 
 def apply_recipe(
@@ -204,6 +209,7 @@ def replay(
     on_masked: Callable[[nn.Module, bool], None] | None = None,
     retrain: bool = True,
     inplace: bool = False,
+    compacted: bool | None = None,
 ) -> Replay:
     """Replay ``recipe`` on ``model`` (the dense starting point): a :class:`Replay` (the pruned
     model, per-epoch validation accuracy, epochs trained).
@@ -214,7 +220,17 @@ def replay(
     applied, before its fine-tuning (the search checks structured counts there).
     ``on_epoch(epoch, val_accuracy)`` may raise to stop training (the search's pruner does);
     epochs are counted from 0 over the whole recipe. A copy of ``model`` is pruned unless
-    ``inplace``."""
+    ``inplace``.
+
+    Channel strategies train the **compacted** model (``compacted``, default True for them):
+    once the final masks are on, the pruned channels are removed for real
+    (:func:`sparsesearch.compact.compact`, equivalence checked) and fine-tuning goes on with the
+    smaller model, so a channel trial costs what its size says. Before that (the earlier rounds
+    of ``"steps"``, the prune window of ``"gradual"``, where the optimizer restarts at the
+    hand-over) the masked full-size model trains, since each prune event scores it. The trained
+    weights then go back into the masked full-size model (checked to compute the same), so the
+    returned ``model`` is of the original class and shapes as always, and
+    ``Replay.compacted`` is the small one. A model that cannot be compacted trains masked."""
     if isinstance(recipe, (str, Path)):
         recipe = load_recipe(recipe)
     elif isinstance(recipe, Mapping):
@@ -246,15 +262,34 @@ def replay(
     example = _example(splits, device)
     history: list[float] = []
     trained = [0]
+    if compacted is None:
+        compacted = strategy.granularity == "channel"
+    elif compacted and strategy.granularity != "channel":
+        raise SparsesearchError(
+            f"compacted=True needs a channel strategy; {recipe.strategy!r} is {strategy.granularity!r}"
+        )
+    shrunk: list[_Compacted] = []  # the final step's compacted model, when it trains
 
-    def mask_step(step: int, step_amount: Mapping[str, float]) -> None:
+    def mask_step(step: int, step_amount: Mapping[str, float]) -> nn.Module:
         if step == 0 and scores is not None:
             step_scores = scores
         else:  # prune steps after the first score the current (fine-tuned) model
             step_scores = compute_scores(work, layers, strategy, **score_kw)
         apply_sparsity(layers, step_scores, step_amount, strategy.granularity, model=work, example_input=example)
+        final = step == steps - 1
         if on_masked is not None:
-            on_masked(work, step == steps - 1)
+            on_masked(work, final)
+        if final and compacted and retrain and rt.epochs > 0:
+            shrunk.append(_Compacted(work, example))
+            if shrunk[0].model is not None:
+                return shrunk[0].model
+        return work
+
+    def done(epochs: int) -> Replay:
+        small = shrunk[0].model if shrunk else None
+        if small is not None:
+            shrunk[0].finish(small)
+        return Replay(work, history, epochs, small)
 
     def fit_kw() -> dict[str, Any]:
         return dict(
@@ -267,7 +302,7 @@ def replay(
     if not retrain or rt.epochs == 0:
         for step, step_amount in enumerate(plan):
             mask_step(step, step_amount)
-        return Replay(work, history, 0)
+        return done(0)
 
     if rt.schedule == "gradual":
         # several events on one epoch (more steps than epochs): the last of them is applied
@@ -275,9 +310,10 @@ def replay(
         for step, e in enumerate(prune_epochs(rt.epochs, steps, rt.prune_window)):
             by_epoch[e] = step
 
-        def before(epoch: int) -> None:
+        def before(epoch: int) -> nn.Module | None:
             if epoch in by_epoch:
-                mask_step(by_epoch[epoch], plan[by_epoch[epoch]])
+                return mask_step(by_epoch[epoch], plan[by_epoch[epoch]])
+            return None
 
         def report(epoch: int, acc: float) -> None:
             trained[0] = epoch + 1
@@ -287,11 +323,11 @@ def replay(
 
         fit(work, splits.train, epochs=rt.epochs, seed=recipe.seed, val_data=splits.val,
             on_epoch=report, before_epoch=before, **fit_kw())
-        return Replay(work, history, trained[0])
+        return done(trained[0])
 
     epoch_offset = 0
     for step, (step_amount, epochs) in enumerate(zip(plan, split_epochs(rt.epochs, steps))):
-        mask_step(step, step_amount)
+        current = mask_step(step, step_amount)
         if epochs == 0:
             continue
         final = step == steps - 1
@@ -303,10 +339,112 @@ def replay(
                 on_epoch(_offset + epoch, acc)
 
         fit(
-            work, splits.train, epochs=epochs, seed=recipe.seed + step,
+            current, splits.train, epochs=epochs, seed=recipe.seed + step,
             val_data=splits.val if (final or on_epoch is not None) else None,
             on_epoch=report, **fit_kw(),
         )
         epoch_offset += epochs
         trained[0] = epoch_offset
-    return Replay(work, history, trained[0])
+    return done(trained[0])
+
+
+class _Compacted:
+    """A masked channel model and its compacted copy, with the index map between their tensors,
+    so the compacted model can train and its weights go back into the full-size one.
+
+    Compaction only slices tensors (no folding), so each tensor of the compacted model is a
+    gather of its full-size namesake. The map is read off a probe: a float64 copy of the masked
+    model whose tensors hold their own flat index (times a power of two, so exactly), compacted
+    the same way; the map is then checked by expanding the untrained compacted model and
+    comparing it with the masked model."""
+
+    _SCALE = 2.0 ** -40  # codes are integers times this: exact in float64, small in a forward
+
+    def __init__(self, masked: nn.Module, example: torch.Tensor) -> None:
+        self.masked = masked
+        self.example = example
+        self.model: nn.Module | None = None
+        self.maps: dict[str, torch.Tensor] = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CompactionWarning)
+            res = compact(masked, example_input=example)
+            if res.fallback or res.model is masked:
+                return
+            maps = self._index_maps(res.model)
+        if maps is None:
+            return
+        self.maps = maps
+        check = copy.deepcopy(masked)
+        self.expand(res.model, into=check)
+        if not self._same(check, masked):
+            return
+        res.model.train(masked.training)
+        self.model = res.model
+
+    def _index_maps(self, small: nn.Module) -> dict[str, torch.Tensor] | None:
+        probe = copy.deepcopy(self.masked).to("cpu", torch.float64)
+        coded: list[str] = []
+        with torch.no_grad():
+            for key, t in probe.state_dict().items():
+                if t.is_floating_point() and not key.endswith(".mask"):
+                    t.copy_((torch.arange(t.numel(), dtype=torch.float64) + 1).view_as(t) * self._SCALE)
+                    coded.append(key)
+        res = compact(probe, example_input=self.example.detach().to("cpu", torch.float64), check=False)
+        got, want = _tensors(res.model), _tensors(small)
+        if res.fallback or set(got) != set(want) or any(got[k].shape != want[k].shape for k in want):
+            return None  # the probe was compacted differently: no map
+        full = _tensors(probe)
+        maps = {}
+        for key in map(_canonical, coded):
+            idx = torch.round(got[key].reshape(-1) / self._SCALE).to(torch.long) - 1
+            if bool((idx >= full[key].numel()).any()):
+                return None
+            maps[key] = idx
+        return maps
+
+    def expand(self, small: nn.Module, *, into: nn.Module) -> None:
+        """Write ``small``'s tensors into the full-size ``into`` (in place): every mapped entry
+        from ``small``, zero where a channel was removed; masks stay ``into``'s own."""
+        dst, src = _tensors(into), _tensors(small)
+        with torch.no_grad():
+            for key, value in src.items():
+                if key in self.maps:
+                    idx = self.maps[key]
+                    keep = idx >= 0
+                    full = torch.zeros(dst[key].numel(), dtype=dst[key].dtype, device=dst[key].device)
+                    full[idx[keep].to(full.device)] = value.reshape(-1)[keep.to(value.device)].to(full)
+                    dst[key].copy_(full.view_as(dst[key]))
+                elif dst[key].shape == value.shape:
+                    dst[key].copy_(value)
+
+    def _same(self, a: nn.Module, b: nn.Module) -> bool:
+        was_a, was_b = a.training, b.training
+        a.eval()
+        b.eval()
+        try:
+            with torch.no_grad():
+                ya, yb = a(self.example), b(self.example)
+        finally:
+            a.train(was_a)
+            b.train(was_b)
+        if not (isinstance(ya, torch.Tensor) and isinstance(yb, torch.Tensor)) or ya.shape != yb.shape:
+            return False
+        return bool(torch.allclose(ya, yb, rtol=1e-4, atol=1e-5 * max(1.0, float(yb.abs().max()))))
+
+    def finish(self, trained: nn.Module) -> None:
+        """Put the trained compacted model's weights into the masked full-size model, checked."""
+        self.expand(trained, into=self.masked)
+        if not self._same(self.masked, trained):
+            raise RuntimeError("the trained compacted model and its full-size copy differ; "
+                               "this is a bug in sparsesearch, please report it")
+
+
+def _canonical(key: str) -> str:
+    """A state_dict key without the mask parametrization: ``conv.parametrizations.weight.original``
+    and ``conv.weight`` both name ``conv.weight``."""
+    return key.replace(".parametrizations.", ".").removesuffix(".original")
+
+
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state_dict tensors (sharing storage) under canonical names, masks left out."""
+    return {_canonical(k): v for k, v in model.state_dict().items() if not k.endswith(".mask")}

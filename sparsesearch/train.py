@@ -47,7 +47,6 @@ _PHASE: contextvars.ContextVar[str] = contextvars.ContextVar("sparsesearch_train
                                                              default="trial")
 
 
-
 class NonFiniteLossError(SparsesearchError, RuntimeError):
     """The training loss became NaN or infinite (usually: the learning rate is too high): a
     setting to change, so a user error (one line, exit 2 from the CLI)."""
@@ -227,14 +226,17 @@ def fit(
     after_step: Callable[[], None] | None = None,
     lr_schedule: str = "cosine",
     warmup: float = 0.0,
-    before_epoch: Callable[[int], None] | None = None,
+    before_epoch: Callable[[int], "nn.Module | None"] | None = None,
 ) -> FitResult:
     """Train ``model`` in place with cross-entropy (plus distillation from ``teacher``).
 
     ``optimizer``: ``"sgd"`` (momentum, not Nesterov) or ``"adamw"``; the learning rate
     follows ``lr_schedule`` per step (``"cosine"`` to zero over all steps, or ``"constant"``),
     after a linear warm-up over the first ``warmup`` share of the steps (0 = none).
-    ``before_epoch(epoch)`` runs before each epoch (e.g. to prune gradually within one schedule).
+    ``before_epoch(epoch)`` runs before each epoch (e.g. to prune gradually within one schedule);
+    when it returns a module other than the one being trained, that module is trained from this
+    epoch on (a fresh optimizer over its parameters, the learning-rate schedule continuing where
+    it was): the engine hands over the compacted model this way.
     With ``kd_weight`` w > 0 the loss is ``(1-w)·CE + w·T²·KL(teacher_T ‖ student_T)``, the
     teacher in eval mode without gradients. ``after_step()`` runs after every optimizer step
     (e.g. to re-apply masks). With ``val_data``, ``on_epoch(epoch, val_accuracy)`` runs after
@@ -254,13 +256,15 @@ def fit(
     distil = teacher is not None and kd_weight > 0
     if distil:
         teacher.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False
-        )
-    else:
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    def make_optimizer(module: nn.Module) -> torch.optim.Optimizer:
+        params = [p for p in module.parameters() if p.requires_grad]
+        if optimizer == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                   nesterov=False)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    opt = make_optimizer(model)
     total_steps = max(1, epochs * math.ceil(len(train_data) / batch_size))
     warm = int(warmup * total_steps)
 
@@ -272,7 +276,7 @@ def fit(
         t = min(step - warm, total_steps - warm) / max(total_steps - warm, 1)
         return 0.5 * (1 + math.cos(math.pi * t))
 
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    step = 0  # optimizer steps taken: the learning rate is lr * factor(step)
 
     history: list[float] = []
     train_loss: float | None = None
@@ -287,7 +291,14 @@ def fit(
         try:
             for epoch in range(epochs):
                 if before_epoch is not None:
-                    before_epoch(epoch)
+                    swapped = before_epoch(epoch)
+                    if swapped is not None and swapped is not model:
+                        # train the returned module from here on (e.g. the compacted model):
+                        # a fresh optimizer over its parameters, the schedule where it was
+                        model.train(was_training)
+                        model = swapped.to(device)
+                        was_training = model.training
+                        opt = make_optimizer(model)
                 model.train()
                 if distil:
                     teacher.eval()
@@ -311,8 +322,10 @@ def fit(
                         )
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    for group in opt.param_groups:
+                        group["lr"] = lr * factor(step)
                     opt.step()
-                    schedule.step()
+                    step += 1
                     if after_step is not None:
                         after_step()
                     loss_sum += loss.detach() * len(y)
