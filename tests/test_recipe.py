@@ -122,3 +122,18 @@ def test_a_model_fx_cannot_trace_trains_masked(digits):
                     retrain=RetrainSettings(epochs=1, lr=1e-3, optimizer="adamw"))
     out = replay(dense, recipe, digits)
     assert out.compacted is None and out.epochs == 1
+
+
+def test_a_depthwise_separable_model_trains_compacted(digits):
+    def unit(i: int, o: int, groups: int = 1) -> list[nn.Module]:
+        return [nn.Conv2d(i, o, 3 if groups > 1 else 1, padding=1 if groups > 1 else 0,
+                          groups=groups, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
+
+    torch.manual_seed(0)
+    dense = nn.Sequential(*unit(1, 16), *unit(16, 16, groups=16), *unit(16, 24),
+                          nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24 * 4, 10))
+    fit(dense, digits.train, epochs=1, lr=1e-3, optimizer="adamw", seed=0)
+    out = replay(dense, _recipe(dense, 0.5, epochs=1), digits)
+    x = torch.stack([digits.val[i][0] for i in range(16)])
+    assert out.compacted is not None and _numel(out.compacted) < 0.6 * _numel(dense)
+    torch.testing.assert_close(_out(out.model, x), _out(out.compacted, x), rtol=1e-4, atol=1e-5)
