@@ -102,8 +102,12 @@ def search_run(dense: C.Dense, fraction: float, cfg: C.Config, n_trials: int, lr
             store = f"sqlite:///{tmp}/study.db"
         marks: list[float] = []
         t0, c0 = time.perf_counter(), time.process_time()
+        # screening only, exactly n_trials full trials: no finalist (whose long retraining the
+        # bare loop does not replay) and a compute budget the trials spend to the epoch
+        compute = {"epochs": n_trials * cfg.ft_epochs, "final_share": 0.0}
         res = sparsesearch.search(copy.deepcopy(dense.model), dense.splits, fraction, trained=True,
                                   n_trials=n_trials, seed=dense.seed, space=space, pruner="none",
+                                  compute=compute,
                                   storage=store, study_name="overhead", runs_dir=tmp,
                                   callbacks=[lambda _s, _t: marks.append(time.process_time())])
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0

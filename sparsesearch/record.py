@@ -13,17 +13,23 @@ Trial attributes (``trial.user_attrs``)::
     phase ("screen" | "final"), finalist_of, lr_scale, heuristic, strategy, granularity, sparsity,
     params, macs, recipe, epochs, val_accuracy, val_loss, pruned_at_epoch, stop_reason,
     fail_reason, traceback, surplus
+
+Writing: a trial's attributes are written together when it ends (:func:`trial_attrs`, one
+storage call); the study's set-up attributes together when it is created
+(:func:`study_attrs`); ``epochs_trained`` when a run of the study ends.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
-__all__ = ["budget_key", "trial_attrs"]
+from optuna.storages._cached_storage import _CachedStorage
+
+__all__ = ["budget_key", "study_attrs", "trial_attrs"]
 
 FORMAT = "format"
-IDENTITY = "identity"
-BUDGET_RANGE = "budget_range"  # a pareto study's [low, high] per-trial budgets  # what makes the study one problem (model, data, budget, seed, space, ...)
+IDENTITY = "identity"  # what makes the study one problem (model, data, budget, seed, space, ...)
+BUDGET_RANGE = "budget_range"  # a pareto study's [low, high] per-trial budgets
 STUDY_FORMAT = "sparsesearch.study/2"
 SETTINGS = "settings"
 BUDGET_METRIC = "budget_metric"
@@ -69,7 +75,42 @@ def budget_key(metric: str) -> str:
     return "budget_params" if metric == "params" else "budget_macs"
 
 
-def trial_attrs(trial: Any, attrs: dict[str, Any]) -> None:
-    """Write several trial attributes (one place to batch them when storages allow)."""
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
+def trial_attrs(trial: Any, attrs: Mapping[str, Any]) -> None:
+    """Write several user attributes of a running trial in one storage call where the storage
+    offers ``set_trial_user_attrs`` (sparsesearch's own RDB and journal storages: one
+    transaction, one journal append), else one ``trial.set_user_attr`` per key."""
+    attrs = dict(attrs)
+    if not attrs:
+        return
+    batch = _batch(getattr(trial, "storage", None), "set_trial_user_attrs")
+    cached = getattr(trial, "_cached_frozen_trial", None)  # what trial.user_attrs reads
+    if batch is None or cached is None:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return
+    batch(trial._trial_id, attrs)
+    cached.user_attrs.update(attrs)  # as Trial.set_user_attr keeps it
+
+
+def study_attrs(study: Any, attrs: Mapping[str, Any]) -> None:
+    """Write several user attributes of a study in one storage call where the storage offers
+    ``set_study_user_attrs`` (a worker that sees one of them then sees them all), else one
+    ``study.set_user_attr`` per key."""
+    attrs = dict(attrs)
+    if not attrs:
+        return
+    batch = _batch(getattr(study, "_storage", None), "set_study_user_attrs")
+    if batch is None:
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
+        return
+    batch(study._study_id, attrs)
+
+
+def _batch(storage: Any, name: str) -> Any:
+    """``storage.NAME``, also under Optuna's cache wrapper (``optuna.create_study`` wraps an RDB
+    storage in ``_CachedStorage``, which passes attribute writes straight to it)."""
+    found = getattr(storage, name, None)
+    if found is None and isinstance(storage, _CachedStorage):
+        found = getattr(getattr(storage, "_backend", None), name, None)
+    return found

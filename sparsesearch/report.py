@@ -371,7 +371,7 @@ def _compute_lines(study: optuna.Study, trials: Sequence[FrozenTrial], best: Fro
     out = ["## Compute: how it was spent and where the final model came from", ""]
     total = compute.get("epochs")
     out.append(f"- Budget: {total:g} fine-tuning epochs (dense training apart: "
-               f"{attrs.get('dense_epochs', '?')} epochs); spent **{attrs.get('epochs_trained', ep(trials))}**.")
+               f"{attrs.get('dense_epochs', '?')} epochs); spent **{ep(trials)}**.")
     out.append(f"- Screening: {ep(screen)} epochs over {len(screen)} trials: {len(full)} ran their full "
                f"{max((t.user_attrs.get('epochs', 0) for t in full), default=0)} epochs, {len(stopped)} "
                f"were stopped early by successive halving or the budget "

@@ -59,21 +59,20 @@ class LocalTPESampler(optuna.samplers.BaseSampler):
     def _rng(self, trial: FrozenTrial, salt: int = 0) -> np.random.RandomState:
         return np.random.RandomState((self._seed * 7919 + trial.number * 104_729 + salt) % (2**32))
 
-    def _incumbent(self, study: optuna.Study) -> FrozenTrial | None:
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if len(done) < 1:
+    def _local_incumbent(self, study: optuna.Study, trial: FrozenTrial) -> FrozenTrial | None:
+        """The trial to perturb when ``trial`` is a local move (a seeded share of the trials
+        once the startup ones finished), else None. One read of the study's trials."""
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if len(finished) < self._n_startup or not self._rng(trial, 1).rand() < self._local_fraction:
+            return None
+        done = [t for t in finished if t.state == TrialState.COMPLETE]
+        if not done:
             return None
         if len(study.directions) > 1:
             front = study.best_trials
             return front[self._rng(done[-1]).randint(len(front))] if front else None
         sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
         return max(done, key=lambda t: (sign * t.value, -t.number))
-
-    def _is_local(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        if len(finished) < self._n_startup:
-            return False
-        return bool(self._rng(trial, 1).rand() < self._local_fraction)
 
     def _perturb(self, value: Any, dist: BaseDistribution, rng: np.random.RandomState) -> Any:
         if isinstance(dist, CategoricalDistribution):
@@ -102,24 +101,22 @@ class LocalTPESampler(optuna.samplers.BaseSampler):
     def sample_relative(self, study, trial, search_space):
         if not search_space:
             return {}
-        if self._is_local(study, trial):
-            best = self._incumbent(study)
-            if best is not None:
-                rng = self._rng(trial, 2)
-                out = {}
-                for name in sorted(search_space):
-                    if name in best.params:
-                        out[name] = self._perturb(best.params[name], search_space[name], rng)
-                if len(out) == len(search_space):
-                    return out
+        best = self._local_incumbent(study, trial)
+        if best is not None:
+            rng = self._rng(trial, 2)
+            out = {}
+            for name in sorted(search_space):
+                if name in best.params:
+                    out[name] = self._perturb(best.params[name], search_space[name], rng)
+            if len(out) == len(search_space):
+                return out
         return self._tpe.sample_relative(study, trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
-        if self._is_local(study, trial):
-            best = self._incumbent(study)
-            if best is not None and param_name in best.params:
-                rng = self._rng(trial, 3 + sum(map(ord, param_name)))
-                return self._perturb(best.params[param_name], param_distribution, rng)
+        best = self._local_incumbent(study, trial)
+        if best is not None and param_name in best.params:
+            rng = self._rng(trial, 3 + sum(map(ord, param_name)))
+            return self._perturb(best.params[param_name], param_distribution, rng)
         return self._tpe.sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study, trial):

@@ -9,6 +9,7 @@ what users would do instead and its best value is never below theirs on validati
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -278,17 +279,34 @@ class _Objective:
     models: dict[int, nn.Module] = dataclasses.field(default_factory=dict)
     best_value: float | None = None
     best_screen: int | None = None  # the screening trial whose model is kept
+    # the screening's compute left after this process's last screening trial, by its own
+    # count (read by _BudgetStop instead of the study's trials; None: not known)
+    screen_left: float | None = None
 
     def __call__(self, trial: optuna.Trial) -> Any:
+        # what the trial records, written in one storage call however it ends (a RUNNING
+        # trial shows its parameters and intermediate values only)
+        attrs: dict[str, Any] = {}
+        self.screen_left = None
         try:
-            return self._run(trial)
+            value = self._run(trial, attrs)
         except optuna.TrialPruned:
+            record.trial_attrs(trial, attrs)
             raise
         except Exception as exc:
-            trial.set_user_attr(record.FAIL_REASON, f"{type(exc).__name__}: {exc}")
-            trial.set_user_attr(record.TRACEBACK, _clip(traceback.format_exc()))
+            attrs[record.FAIL_REASON] = f"{type(exc).__name__}: {exc}"
+            attrs[record.TRACEBACK] = _clip(traceback.format_exc())
             log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
+            record.trial_attrs(trial, attrs)
             raise
+        except BaseException:  # Ctrl-C, SIGTERM: the runner adds the reason
+            record.trial_attrs(trial, attrs)
+            raise
+        finally:
+            if self.screen_left is not None:
+                self.screen_left -= int(attrs.get(record.EPOCHS, 0) or 0)
+        record.trial_attrs(trial, attrs)
+        return value
 
     # -- allocation -----------------------------------------------------------------------
 
@@ -342,13 +360,13 @@ class _Objective:
 
     # -- one trial ------------------------------------------------------------------------
 
-    def _run(self, trial: optuna.Trial) -> Any:
+    def _run(self, trial: optuna.Trial, attrs: dict[str, Any]) -> Any:
+        """The trial; what it records goes into ``attrs`` (written by :meth:`__call__`)."""
         phase = trial.user_attrs.get(record.PHASE, record.SCREEN)
         study = trial.study
         if phase == record.SCREEN and not self.multi_objective and study.user_attrs.get(record.FINALS_ENQUEUED):
             # another worker closed the screening while this trial was being created
-            trial.set_user_attr(record.EPOCHS, 0)
-            trial.set_user_attr(record.STOP_REASON, "screening closed: the finalists are training")
+            attrs.update({record.EPOCHS: 0, record.STOP_REASON: "screening closed: the finalists are training"})
             raise optuna.TrialPruned("screening closed")
         heuristic = trial.user_attrs.get(record.HEURISTIC)
         if len(self.strategies) > 1:
@@ -390,23 +408,24 @@ class _Objective:
             budget_params=plan.budget_params,
             total_params=plan.total_params,
         )
-        attrs = {
+        attrs.update({
             record.PHASE: phase, record.STRATEGY: strategy, record.HEURISTIC: heuristic,
             record.GRANULARITY: strat.granularity,
             record.SPARSITY: {k: round(v, 8) for k, v in sparsity.items()},
             record.RECIPE: recipe.to_dict(),
-        }
+        })
         if plan.metric == "params":
-            attrs[record.PARAMS] = int(expected)
-        record.trial_attrs(trial, attrs)
+            attrs[record.PARAMS] = int(expected)  # the planned count; the measured one replaces it
 
         screen = phase == record.SCREEN
         max_epochs = settings["epochs"]
         # screening: what is left of its share of the compute when this trial starts
         left = (self.compute.screen_epochs - epochs_spent(study.get_trials(deepcopy=False), record.SCREEN)
                 if screen else math.inf)
+        if screen:
+            self.screen_left = left  # less this trial's epochs, once it ends (__call__)
         if left < 1:  # another worker spent the last of it meanwhile
-            self._stop(trial, 0, "compute budget spent")
+            self._stop(attrs, 0, "compute budget spent")
         done = [0]
 
         def on_epoch(epoch: int, acc: float) -> None:
@@ -415,16 +434,16 @@ class _Objective:
                 raise SparsesearchError(f"validation accuracy is not finite at epoch {epoch}")
             if self.multi_objective:
                 if screen and done[0] < max_epochs and done[0] + 1 > left:
-                    self._stop(trial, done[0], "compute budget spent")
+                    self._stop(attrs, done[0], "compute budget spent")
                 return
             trial.report(acc, done[0])
             if not screen or done[0] >= max_epochs:
                 return
             if done[0] + 1 > left:  # the next epoch would overrun the screening's share
-                self._stop(trial, done[0], "compute budget spent")
+                self._stop(attrs, done[0], "compute budget spent")
             if trial.should_prune():
-                trial.set_user_attr(record.PRUNED_AT, done[0])
-                self._stop(trial, done[0], f"pruned at epoch {done[0]} with val accuracy {acc:.4f}")
+                attrs[record.PRUNED_AT] = done[0]
+                self._stop(attrs, done[0], f"pruned at epoch {done[0]} with val accuracy {acc:.4f}")
 
         measured: dict[str, int] = {}
 
@@ -449,7 +468,7 @@ class _Objective:
                 scores=scores, teacher=self.teacher, on_epoch=on_epoch, on_masked=check_masked,
             )
         except BaseException:
-            trial.set_user_attr(record.EPOCHS, done[0])
+            attrs.setdefault(record.EPOCHS, done[0])
             raise
         model = out.model
         counted = measured["params"]
@@ -458,7 +477,7 @@ class _Objective:
         if not math.isfinite(val):
             raise SparsesearchError("validation accuracy is not finite")
         val_loss = evaluate_loss(model, self.splits.val, device=self.device)
-        record.trial_attrs(trial, {
+        attrs.update({
             record.PARAMS: int(counted), record.MACS: int(measured["macs"]),
             record.EPOCHS: int(out.epochs), record.VAL_ACCURACY: val,
             record.VAL_LOSS: val_loss if math.isfinite(val_loss) else None,
@@ -468,8 +487,9 @@ class _Objective:
             return val, float(measured[plan.metric])
         return val
 
-    def _stop(self, trial: optuna.Trial, epochs: int, reason: str) -> None:
-        record.trial_attrs(trial, {record.EPOCHS: epochs, record.STOP_REASON: reason})
+    @staticmethod
+    def _stop(attrs: dict[str, Any], epochs: int, reason: str) -> None:
+        attrs.update({record.EPOCHS: epochs, record.STOP_REASON: reason})
         raise optuna.TrialPruned(reason)
 
     def keep_model(self, number: int, phase: str, val: float, model: nn.Module) -> None:
@@ -901,21 +921,19 @@ def _search(
             f"not {budget_params}; use another study name"
         )
     if owner:
-        study.set_user_attr(budget_key, int(budget_params))
-        study.set_user_attr(record.BUDGET_METRIC, budget_metric)
-        study.set_user_attr(record.TOTAL_PARAMS, int(total_params))
-        if budget_metric == "macs":
-            study.set_user_attr(record.TOTAL_MACS, int(next(iter(plans.values())).total_params))
-        study.set_user_attr(record.SETTINGS, settings)
-        study.set_user_attr(record.DENSE_VAL, float(dense_val))
-        study.set_user_attr(record.DENSE_EPOCHS, int(dense_epochs))
-        study.set_user_attr(record.VAL_SIZE, len(splits.val))
-        study.set_user_attr(record.COMPUTE, budget_compute.to_dict())
-        study.set_user_attr(record.IDENTITY, identity)
-        if budget_range is not None:
-            study.set_user_attr(record.BUDGET_RANGE, list(budget_range))
         study.set_metric_names(["val_accuracy", "params"] if objective == "pareto" else ["val_accuracy"])
-        study.set_user_attr(record.FORMAT, record.STUDY_FORMAT)
+        setup = {
+            budget_key: int(budget_params), record.BUDGET_METRIC: budget_metric,
+            record.TOTAL_PARAMS: int(total_params), record.SETTINGS: settings,
+            record.DENSE_VAL: float(dense_val), record.DENSE_EPOCHS: int(dense_epochs),
+            record.VAL_SIZE: len(splits.val), record.COMPUTE: budget_compute.to_dict(),
+            record.IDENTITY: identity, record.FORMAT: record.STUDY_FORMAT,
+        }
+        if budget_metric == "macs":
+            setup[record.TOTAL_MACS] = int(next(iter(plans.values())).total_params)
+        if budget_range is not None:
+            setup[record.BUDGET_RANGE] = list(budget_range)
+        record.study_attrs(study, setup)  # one write: a worker that sees the budget sees all
 
     teacher = copy.deepcopy(dense_model).eval()
     obj = _Objective(
@@ -930,23 +948,28 @@ def _search(
         _enqueue_seeds(study, obj, seeds, infos[0].strategy, plans)
     cbs: list[Callable] = list(callbacks)
     cbs.append(lambda s, t: _observe_trial(s, t))
-    stop = _BudgetStop(budget_compute)
+    stop = _BudgetStop(obj)
 
-    # 1. screening, until its share of the compute is spent (or n_trials / timeout)
-    trials = study.get_trials(deepcopy=False)
-    screen_left = budget_compute.screen_epochs - epochs_spent(trials, record.SCREEN)
-    closed = bool(study.user_attrs.get(record.FINALS_ENQUEUED))
-    if not closed and n_trials != 0 and screen_left >= 1:
-        run_study(study, obj, n_trials=n_trials, timeout=timeout, max_complete=max_complete,
-                  callbacks=[*cbs, stop], show_progress_bar=show_progress)
-    # 2. the finalists, retrained at full fidelity
-    if budget_compute.final_runs and objective == "accuracy":
-        # every WAITING trial runs: left-over seeds stop at once ("screening closed")
-        waiting = _enqueue_finals(study, budget_compute, run_dir)
-        if waiting:
-            run_study(study, obj, n_trials=waiting, timeout=None, max_complete=None,
-                      callbacks=[*cbs, stop.record], show_progress_bar=show_progress)
-    study.set_user_attr(record.EPOCHS_TRAINED, epochs_spent(study.get_trials(deepcopy=False)))
+    try:
+        # 1. screening, until its share of the compute is spent (or n_trials / timeout)
+        trials = study.get_trials(deepcopy=False)
+        screen_left = budget_compute.screen_epochs - epochs_spent(trials, record.SCREEN)
+        closed = bool(study.user_attrs.get(record.FINALS_ENQUEUED))
+        if not closed and n_trials != 0 and screen_left >= 1:
+            run_study(study, obj, n_trials=n_trials, timeout=timeout, max_complete=max_complete,
+                      callbacks=[*cbs, stop], show_progress_bar=show_progress)
+        # 2. the finalists, retrained at full fidelity
+        if budget_compute.final_runs and objective == "accuracy":
+            # every WAITING trial runs: left-over seeds stop at once ("screening closed")
+            waiting = _enqueue_finals(study, budget_compute, run_dir)
+            if waiting:
+                run_study(study, obj, n_trials=waiting, timeout=None, max_complete=None,
+                          callbacks=cbs, show_progress_bar=show_progress)
+    except BaseException:
+        with contextlib.suppress(Exception):  # an interrupted run records what it spent too
+            _record_epochs(study)
+        raise
+    _record_epochs(study)
     return _result(study, obj, dense_model, splits, torch_device, dense_val, budget_params,
                    total_params, evaluate_test=evaluate_test, objective=objective)
 
@@ -991,22 +1014,28 @@ def _enqueue_seeds(study: optuna.Study, obj: _Objective, seeds: Sequence[tuple[s
 
 
 class _BudgetStop:
-    """Stops the screening once its share of the compute is spent (after each trial)."""
+    """Stops the screening once its share of the compute is spent (after each trial). What a
+    screening trial left is the objective's count (the study's trials read when the trial
+    started, less its epochs): no second read of the trials per trial. Epochs that other
+    workers spent meanwhile are seen by the next trial, which then stops at once."""
 
-    def __init__(self, compute: ComputeBudget) -> None:
-        self.compute = compute
+    def __init__(self, objective: _Objective) -> None:
+        self.objective = objective
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        trials = self.record(study, trial)
-        if self.compute.screen_epochs - epochs_spent(trials, record.SCREEN) < 1:
+        left, self.objective.screen_left = self.objective.screen_left, None
+        if left is None:  # not one of this process's screening trials (surplus, closed, ...)
+            left = self.objective.compute.screen_epochs - epochs_spent(
+                study.get_trials(deepcopy=False), record.SCREEN)
+        if left < 1:
             study.stop()
 
-    @staticmethod
-    def record(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> list[optuna.trial.FrozenTrial]:
-        """Keep the study's ``epochs_trained`` current (after every trial)."""
-        trials = study.get_trials(deepcopy=False)
-        study.set_user_attr(record.EPOCHS_TRAINED, epochs_spent(trials))
-        return trials
+
+def _record_epochs(study: optuna.Study) -> None:
+    """The study's ``epochs_trained``: the fine-tuning epochs of all its trials, written once
+    when a run ends (not after every trial: one storage write less per trial; readers that
+    need it live sum the trials' ``epochs``)."""
+    study.set_user_attr(record.EPOCHS_TRAINED, epochs_spent(study.get_trials(deepcopy=False)))
 
 
 def _enqueue_finals(study: optuna.Study, compute: ComputeBudget, run_dir: Path) -> int:
@@ -1067,16 +1096,17 @@ def _result(study, obj, dense_model, splits, device, dense_val, budget_params, t
     recipe = Recipe.from_dict(best.user_attrs[record.RECIPE])
     recipe = dataclasses.replace(recipe, params=int(best.user_attrs[record.PARAMS]))
     test_acc = dense_test = None
+    chosen: dict[str, Any] = {}
     if best.user_attrs.get(record.PHASE) == record.FINAL:
-        study.set_user_attr(record.FINAL_TRIAL, best.number)
+        chosen[record.FINAL_TRIAL] = best.number
     if evaluate_test and splits.test is not None:
         test_acc = evaluate(model, splits.test, device=device)
         dense_test = evaluate(dense_model, splits.test, device=device)
         stored = dict(study.user_attrs.get(record.TEST_ACCURACY, {}))
         stored[str(best.number)] = test_acc
-        study.set_user_attr(record.TEST_ACCURACY, stored)
-        study.set_user_attr(record.BEST_TRIAL, best.number)
-        study.set_user_attr(record.DENSE_TEST, dense_test)
+        chosen.update({record.TEST_ACCURACY: stored, record.BEST_TRIAL: best.number,
+                       record.DENSE_TEST: dense_test})
+    record.study_attrs(study, chosen)
     front = list(study.best_trials) if objective == "pareto" else []
     result = SearchResult(
         study=study, best_trial=best, model=model, recipe=recipe, dense_model=dense_model,

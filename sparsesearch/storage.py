@@ -37,11 +37,12 @@ import random
 import re
 import shutil
 import socket
+import sqlite3
 import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 from urllib.parse import unquote
 
 import optuna
@@ -51,6 +52,7 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.storages.journal._file import get_lock_file
+from optuna.storages.journal._storage import JournalOperation
 from optuna.trial import FrozenTrial, TrialState
 
 from sparsesearch import record
@@ -422,6 +424,37 @@ class HeartbeatJournalStorage(_NotesWorker, JournalStorage, BaseHeartbeat):
     def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
         return self.heartbeat_stale_trial_callback
 
+    def set_trial_user_attrs(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
+        """Several user attributes of one trial in one append to the journal (one lock, one
+        write and fsync): one record per key, as Optuna writes and replays them."""
+        self._append(JournalOperation.SET_TRIAL_USER_ATTR,
+                     [{"trial_id": trial_id, "user_attr": {k: v}} for k, v in attrs.items()])
+
+    def set_study_user_attrs(self, study_id: int, attrs: Mapping[str, Any]) -> None:
+        """Several user attributes of one study in one append to the journal."""
+        self._append(JournalOperation.SET_STUDY_USER_ATTR,
+                     [{"study_id": study_id, "user_attr": {k: v}} for k, v in attrs.items()])
+
+    def _append(self, op_code: int, records: list[dict[str, Any]]) -> None:
+        # what JournalStorage._write_log does for one record, for several at once. Replaying
+        # this worker's record of a trial finished meanwhile (failed as stale by another
+        # worker) raises, and would raise again for each later record of the batch at the next,
+        # unrelated read: read past all of them, then raise the first error
+        if not records:
+            return
+        with self._thread_lock:
+            worker_id = self._replay_result.worker_id
+            self._backend.append_logs([{"op_code": op_code, "worker_id": worker_id, **r} for r in records])
+            first: Exception | None = None
+            for _ in range(len(records) + 1):
+                try:
+                    self._sync_with_backend()
+                    break
+                except (UpdateFinishedTrialError, KeyError) as exc:
+                    first = first or exc
+            if first is not None:
+                raise first
+
 
 # ---------------------------------------------------------------------------------------------
 # RDB storage with connection retries
@@ -548,10 +581,50 @@ class _Retrier:
 
 
 class _RDBStorage(_NotesWorker, RDBStorage):
-    """RDBStorage whose heartbeat thread survives a missed beat (a lost connection) and which
-    records the worker of a trial (``WORKER_ATTR``)."""
+    """RDBStorage whose heartbeat thread survives a missed beat (a lost connection), which
+    records the worker of a trial (``WORKER_ATTR``) and writes several attributes in one
+    transaction (:meth:`set_trial_user_attrs`, :meth:`set_study_user_attrs`)."""
 
     _sparsesearch_retrier: _Retrier | None = None
+
+    def set_trial_user_attrs(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
+        """Several user attributes of one trial in one transaction (Optuna's
+        ``set_trial_user_attr`` makes a transaction per key, most of a call's cost): the trial
+        is checked once, and on SQLite and PostgreSQL all keys are one multi-row upsert."""
+        from optuna.storages._rdb import models  # imports sqlalchemy (see above)
+
+        model = models.TrialUserAttributeModel
+        dialect = self.engine.name
+        with _create_scoped_session(self.scoped_session, True) as session:
+            if dialect == "postgresql" or (dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0)):
+                from sqlalchemy.dialects import postgresql, sqlite  # sqlalchemy is slow to import
+
+                trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+                self.check_trial_is_updatable(trial_id, trial.state)
+                rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+                insert = (sqlite if dialect == "sqlite" else postgresql).insert(model).values(rows)
+                session.execute(insert.on_conflict_do_update(
+                    index_elements=[model.trial_id, model.key],
+                    set_={"value_json": insert.excluded.value_json},
+                ))
+            else:  # Optuna's own upsert, key by key, in this one transaction
+                for key, value in attrs.items():
+                    self._set_trial_attr_without_commit(session, model, trial_id, key, value)
+
+    def set_study_user_attrs(self, study_id: int, attrs: Mapping[str, Any]) -> None:
+        """Several user attributes of one study in one transaction: a worker that sees one of
+        them sees them all."""
+        from optuna.storages._rdb import models  # imports sqlalchemy (see above)
+
+        with _create_scoped_session(self.scoped_session, True) as session:
+            study = models.StudyModel.find_or_raise_by_id(study_id, session)
+            for key, value in attrs.items():
+                attribute = models.StudyUserAttributeModel.find_by_study_and_key(study, key, session)
+                if attribute is None:
+                    session.add(models.StudyUserAttributeModel(study_id=study_id, key=key,
+                                                               value_json=json.dumps(value)))
+                else:
+                    attribute.value_json = json.dumps(value)
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)

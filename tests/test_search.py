@@ -504,3 +504,30 @@ def test_screening_only_when_no_share_is_left_for_finalists(tmp_path, runs_dir):
                 compute={"epochs": 9, "final_share": 0.0})
     assert not any(t.user_attrs.get("phase") == "final" for t in r.study.trials)
     assert r.best_trial.user_attrs["phase"] == "screen" and r.epochs_trained <= 9
+
+
+def test_a_trial_writes_its_attributes_in_one_storage_call(tmp_path, runs_dir, monkeypatch):
+    # per trial: one write of its user attributes, and no study attribute (epochs_trained is
+    # written when the run ends), however many trials run
+    from sparsesearch.storage import _RDBStorage
+
+    calls = {"trial_batch": 0, "trial_key": 0, "study": 0}
+
+    def counter(name, original):
+        def counted(self, *a, **k):
+            calls[name] += 1
+            return original(self, *a, **k)
+        return counted
+
+    monkeypatch.setattr(_RDBStorage, "set_trial_user_attrs", counter("trial_batch", _RDBStorage.set_trial_user_attrs))
+    monkeypatch.setattr(_RDBStorage, "set_trial_user_attr", counter("trial_key", _RDBStorage.set_trial_user_attr))
+    for name in ("set_study_user_attr", "set_study_user_attrs"):
+        monkeypatch.setattr(_RDBStorage, name, counter("study", getattr(_RDBStorage, name)))
+    r = _search(tmp_path, name="writes", runs=runs_dir, n_trials=6, heuristics=["uniform"],
+                compute={"epochs": 24, "final_share": 0.25})
+    trials = r.study.get_trials(deepcopy=False)
+    assert len(trials) == 7  # six screened, one finalist
+    assert calls["trial_batch"] == len(trials) and calls["trial_key"] == 0
+    # set-up (one batch), seeds_enqueued, finals_enqueued, epochs_trained, the result (one batch)
+    assert calls["study"] == 5
+    assert r.study.user_attrs["epochs_trained"] == sum(t.user_attrs["epochs"] for t in trials)
