@@ -245,8 +245,11 @@ def flatten_module(a: ZeroAnalysis, node: fx.Node, module: nn.Flatten) -> bool:
 
 
 
-def max_pool_function(a: ZeroAnalysis, node: fx.Node, _op: Any) -> bool:
-    if arg(node, 5, "return_indices", False):
+def max_pool_function(a: ZeroAnalysis, node: fx.Node, op: Any) -> bool:
+    # F.max_poolNd(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices);
+    # F.adaptive_max_poolNd(input, output_size, return_indices)
+    position = 2 if "adaptive" in getattr(op, "__name__", "") else 6
+    if arg(node, position, "return_indices", False):
         raise Unsupported("return_indices=True")
     return a.channelwise(node, _first(node), True)
 

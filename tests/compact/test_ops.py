@@ -132,3 +132,26 @@ def test_lookup_by_kind_follows_the_mro(table):
 
     mine = register_op(MyReLU, handler=channelwise(zero_preserving=False))
     assert handler_for(act, modules)[0] is mine  # the most specific registered class wins
+
+
+@pytest.mark.parametrize("ceil_mode, return_indices, compacts", [(True, False, True), (False, True, False)])
+def test_functional_max_pool_reads_return_indices_at_its_own_position(ceil_mode, return_indices, compacts):
+    class Pooled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 8, 3, padding=1)
+            self.fc = nn.Linear(8 * 4 * 4, 10)
+
+        def forward(self, x):
+            y = F.max_pool2d(torch.relu(self.conv(x)), 2, 2, 0, 1, ceil_mode, return_indices)
+            return self.fc((y[0] if return_indices else y).flatten(1))
+
+    torch.manual_seed(0)
+    model = Pooled()
+    x = torch.randn(2, 1, 8, 8)
+    sparsesearch.prune(model, "l1-filter", 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CompactionWarning)
+        res = compact(model, example_input=x)
+    # ceil_mode (position 5) is not return_indices (position 6)
+    assert (res.removed_channels > 0) is compacts
