@@ -39,6 +39,7 @@ from sparsesearch.recipe import Recipe, RetrainSettings, _example, replay
 from sparsesearch.train import fit
 
 RESULTS = Path(__file__).resolve().parent / "results" / "channel_trial_cost.json"
+MARKDOWN = RESULTS.with_suffix(".md")  # included in docs/benchmarks.md by run_all.py
 
 
 def bn_cnn(num_classes: int = 10) -> nn.Module:
@@ -110,6 +111,29 @@ def main() -> None:
     old[f"{args.model}/{args.data}"] = {"rows": rows, "torch": torch.__version__,
                                         "machine": platform.processor() or platform.machine()}
     RESULTS.write_text(json.dumps(old, indent=2) + "\n")
+    MARKDOWN.write_text(markdown(old))
+
+
+def markdown(results: dict) -> str:
+    out = ["## Channel trials train the compacted model (benchmarks/channel_trial_cost.py)", "",
+           "A channel trial fine-tunes its compacted model (issue 12, item 5). CPU seconds, median of",
+           "interleaved runs, 1 thread, AdamW, `l1-filter` keeping the same share of every layer's output",
+           "channels (`bn-cnn`: 4 conv + BatchNorm, Flatten → Linear head), against `fit` with the same",
+           "settings run directly on the compacted model (the floor):", "",
+           "| model / data | channels kept | epochs | params kept | replay (a search trial) "
+           "| masked full-size (before) | fit on the compacted model | replay / compacted fit |",
+           "|---|---|---|---|---|---|---|---|"]
+    for key, entry in results.items():
+        for r in entry["rows"]:
+            t = r["cpu_s"]
+            out.append(f"| {key} | {r['kept_channels']:.0%} | {r['epochs']} | {r['compacted_params']:,} of "
+                       f"{r['dense_params']:,} | {t['replay']:.2f} | {t['masked']:.2f} | "
+                       f"{t['compacted fit']:.2f} | **{r['replay_over_compacted_fit']:.2f}** |")
+    out += ["", "The replay's extra over the floor is the scoring, the compaction and its checks, and the",
+            "copy back into the full-size model. Command: `python benchmarks/channel_trial_cost.py --epochs 3`",
+            "(raw: `benchmarks/results/channel_trial_cost.json`). Seconds depend on the machine's load; the",
+            "ratios are what is measured."]
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":
