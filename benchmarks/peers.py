@@ -31,12 +31,14 @@ method starts from a copy of it.
 Every number is measured on the compacted model: parameters, MACs, % of the target used, CPU
 latency at batch 1 and 64 (``torch.utils.benchmark`` ``blocked_autorange``, 5 rounds
 interleaved with the dense model, medians; reported as the ratio to the dense model, which
-runs in the same rounds), and wall time (pruning or search, fine-tuning). One torch thread.
+runs in the same rounds; ``--latency`` re-times every method's model of a cell in the same rounds),
+and wall time (pruning or search, fine-tuning). One torch thread.
 Usage::
 
     python benchmarks/peers.py                          # the full grid (resumable)
     python benchmarks/peers.py --quick                  # 1 seed, 2 epochs per lr, 1 target
     python benchmarks/peers.py --only bn-cnn:params0.1 --methods fastnas --seeds 0
+    python benchmarks/peers.py --latency                # re-time all stored models of a cell together
     python benchmarks/peers.py --render                 # docs table from the stored results
 """
 
@@ -443,6 +445,35 @@ def write_doc(cells: dict[str, dict[str, Any]]) -> None:
     DOC.write_text(text)
 
 
+def joint_latency(path: Path, cells: dict[str, dict[str, Any]], epochs: int) -> None:
+    """Re-measure the latency of every stored model of a (model, target, seed), all methods and
+    the dense model interleaved in the same rounds, so the methods are compared under the same
+    machine load (the models are the ones each cell saved under RUNS)."""
+    torch.set_num_threads(1)
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in cells.values():
+        groups.setdefault((r["model"], r["kind"], r["fraction"], r["seed"]), []).append(r)
+    for (model, kind, fraction, seed), rs in sorted(groups.items()):
+        dense, splits = dense_model(model, seed)
+        nets = {"dense": dense}
+        for r in rs:
+            f = RUNS / f"{_key(r).replace(':', '_')}.pt"
+            if f.is_file():
+                nets[r["method"]] = torch.load(f, weights_only=False).eval()
+        if len(nets) < 2:
+            continue
+        for b in (1, 64):
+            lat = interleaved_latency(nets, example(splits, b) + 0.1, rounds=5, min_run_time=0.2)
+            for r in rs:
+                if r["method"] in nets:
+                    r["latency"][f"b{b}"] = {"dense": lat["dense"][0], "pruned": lat[r["method"]][0],
+                                             "ratio": lat[r["method"]][0] / lat["dense"][0], "joint": True}
+        print(f"{model}:{kind}{fraction}:{seed}: " + ", ".join(
+            f"{r['method']} b1 ×{r['latency']['b1']['ratio']:.2f} b64 ×{r['latency']['b64']['ratio']:.2f}"
+            for r in rs if r["method"] in nets), flush=True)
+    save(path, cells, epochs)
+
+
 def _dense_only(cell: tuple[str, int]) -> None:
     torch.set_num_threads(1)
     dense_model(*cell)
@@ -460,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render", action="store_true", help="only print the table of stored results")
     ap.add_argument("--doc", action="store_true", help="only rewrite the docs/benchmarks.md section")
     ap.add_argument("--redo", action="store_true", help="recompute cells already stored")
+    ap.add_argument("--latency", action="store_true",
+                    help="only re-measure latency: every stored model of a cell, interleaved together")
     ap.add_argument("--results", type=Path, default=None,
                     help="results file (default benchmarks/results/peers.json; the dense cache "
                          "and the models go to runs/peers beside it)")
@@ -476,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.doc:
         write_doc(cells)
+        return 0
+    if args.latency:
+        joint_latency(path, cells, epochs)
         return 0
     todo = []
     # seed-major, so that a stopped run has whole seeds
