@@ -28,6 +28,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 from sparsesearch.budget import HEURISTICS
 from sparsesearch.errors import SparsesearchError
 from sparsesearch.fidelity import ComputeBudget
+from sparsesearch.options import KIND, described, option
 from sparsesearch.search import DenseSettings
 from sparsesearch.space import SearchSpace
 from sparsesearch.storage import check_study_name, mask_url, resolve_storage_spec
@@ -49,112 +50,52 @@ class ConfigError(SparsesearchError):
 
 
 # ---------------------------------------------------------------------------------------------
-# the schema: section -> key -> (kind, description). Kinds are checked by _check_value.
+# the schema, read off the option classes: section -> key -> (kind, description). Kinds are
+# checked by _check_value. StudyConfig's fields say where in the study file each one is read
+# (section, key) and which keyword of search() it becomes; [space], [compute] and [dense] are
+# the fields of SearchSpace, ComputeBudget and DenseSettings (sparsesearch.options).
 
 _SPACE_NUMBER = "number or [low, high]"
 
-SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
-    "study": {
-        "name": ("str", "study name: the Optuna study name and the folder under the runs dir "
-                        "(default: the file name without .toml)"),
-        "n_trials": ("int>=0", "at most this many screening trials per `run` invocation "
-                               "(default: until the screening share of [compute] is spent)"),
-        "timeout": ("number>0", "stop starting screening trials after this many seconds; the "
-                                "finalists still train (default: none)"),
-        "max_complete": ("int>=1", "stop once the study holds this many COMPLETE trials, counted "
-                                   "over all invocations and workers (default: none)"),
-        "seed": ("int>=0", "seed of the data split, dense training, sampler and trials (default 0)"),
-        "storage": ("str", "Optuna storage URL (default sqlite:///<runs>/<name>/study.db)"),
-        "objective": ("choice:accuracy,pareto", "'accuracy' (maximise validation accuracy) or "
-                      "'pareto' (also minimise remaining parameters; no pruner) (default 'accuracy')"),
-        "device": ("device", "'cpu', 'cuda', 'cuda:N' or 'auto' (default 'cpu')"),
-    },
-    "model": {
-        "name": ("str", "zoo name (lenet300, lenet5, digits-mlp, digits-cnn, cifar-resnet), a "
-                        "torchvision model name, or 'package.module:function' (required)"),
-        "kwargs": ("table", "keyword arguments of the model factory, e.g. {depth = 20} "
-                            "(num_classes defaults to the dataset's)"),
-        "checkpoint": ("path", "a trained state_dict, loaded with weights_only=True; the dense "
-                               "model is then not trained (default: none)"),
-    },
-    "data": {
-        "name": ("str", "digits, mnist-5k, mnist, fashion-mnist, cifar10, a plugin dataset, "
-                        "or 'package.module:function' (required)"),
-        "root": ("path", "folder holding the torchvision files (never downloaded)"),
-        "val_fraction": ("fraction", "validation share of the training data (built-ins' default)"),
-        "test_fraction": ("fraction", "test share, for datasets without a test split"),
-        "options": ("table", "other keyword arguments of the dataset loader"),
-    },
-    "budget": {
-        "params": ("int>=1 or range", "maximum remaining parameters, counted over the whole model "
-                                      "(pareto studies: [low, high], a budget per trial)"),
-        "fraction": ("fraction1 or range", "share of the model's parameters to keep, in (0, 1] "
-                                           "(pareto studies: [low, high])"),
-        "macs": ("int>=1 or range", "instead of parameters: maximum multiply-accumulates per sample "
-                                    "of the Linear/Conv layers"),
-        "macs_fraction": ("fraction1 or range", "instead of parameters: share of the dense model's "
-                                                "MACs to keep, in (0, 1]"),
-    },
-    "search": {
-        "strategies": ("strlist", "strategy names searched over (default ['magnitude']; "
-                                  "`sparsesearch strategies` lists them)"),
-        "heuristics": ("strlist", "heuristic allocations enqueued first (default all of "
-                                  "uniform, global, lamp, erk; [] for none)"),
-        "pruner": ("choice:halving,median,hyperband,none", "Optuna pruner of the screening trials "
-                   "of single-objective studies (default 'halving': successive halving over epochs)"),
-        "include": ("strlist", "only prune these layers (module names; default all)"),
-        "exclude": ("strlist", "never prune these layers (module names)"),
-        "num_batches": ("int>=1", "batches of training data data-dependent strategies score on"),
-    },
-    "space": {
-        "lr": (_SPACE_NUMBER, "fine-tuning learning rate, log scale (default [3e-4, 1e-2], for AdamW)"),
-        "epochs": (_SPACE_NUMBER, "epochs of a screening trial (default: at least 3 and 64 "
-                                  "optimizer steps); finalists train longer ([compute])"),
-        "optimizer": ("str or list", "'adamw' (default), 'sgd' (momentum 0.9; wants an lr range "
-                                     "like [0.01, 0.2]), or a list to choose from"),
-        "warmup": ("fraction", "share of the optimizer steps with a linear learning-rate "
-                               "warm-up (default 0.05)"),
-        "weight_decay": (_SPACE_NUMBER, "fine-tuning weight decay, log scale when low > 0 (default 0)"),
-        "prune_steps": (_SPACE_NUMBER, "1 = one-shot; k = k rounds of prune + retrain (default 1)"),
-        "kd_weight": (_SPACE_NUMBER, "distillation weight from the dense model, 0 = off (default 0)"),
-        "kd_temperature": (_SPACE_NUMBER, "distillation temperature (default 4)"),
-        "allocation": ("allocation", "'family' (default: heuristic × temperature, two dimensions), "
-                                     "'heuristics' (or false), or 'layers' (one density per layer)"),
-        "alloc_temperature": (_SPACE_NUMBER, "temperature range of the 'family' allocation "
-                                             "(default [0, 2]; 0 = uniform, 1 = the heuristic)"),
-        "min_sparsity": ("number", "smallest per-layer sparsity of every allocation (default 0)"),
-        "max_sparsity": ("number", "largest per-layer sparsity of every allocation (default 0.999)"),
-        "batch_size": ("int>=1", "fine-tuning batch size (default 128)"),
-        "heuristic_lrs": ("list", "learning rates each heuristic seed is enqueued at "
-                                  "(default: one, three quarters up the lr range)"),
-    },
-    "compute": {
-        "epochs": ("number>0", "the study's fine-tuning compute: epochs over the training split, "
-                               "screening and finalists (default 4 x the dense epochs)"),
-        "final_share": ("fraction", "share of the compute for the finalists (default 0.7)"),
-        "finalists": ("int>=0", "screening trials retrained at full fidelity (default 1; 0 = none)"),
-        "final_lr_scales": ("list", "each finalist is retrained at its screening lr times each "
-                                    "of these (default [1]: the screening lr)"),
-        "final_prune_steps": ("int>=1", "gradual prune events of a finalist (default: one per "
-                                        "4 epochs, 2 to 8)"),
-        "final_kd_weight": ("number>=0", "distillation weight in the finalists' training "
-                                         "(default 0 = off; at most 1)"),
-        "final_kd_temperature": ("number>0", "distillation temperature of the finalists (default 4)"),
-        "prune_window": ("fraction1", "share of a finalist's epochs its prune events are spread "
-                                      "over (default 0.5)"),
-        "reduction_factor": ("int>=1", "successive halving: keep 1 in this many per rung (default 3)"),
-        "min_resource": ("int>=1", "successive halving: epochs of the first rung (default: the "
-                                   "screening epochs / 9, at least 1)"),
-    },
-    "strategy_params": {},  # [strategy_params.NAME]: free keys, checked in parse_study
-    "dense": {
-        "epochs": ("int>=0", "dense training epochs (default: at least 15 and 300 optimizer steps)"),
-        "lr": ("number>0", "dense training learning rate (default 1e-3)"),
-        "optimizer": ("choice:sgd,adamw", "dense training optimizer (default 'adamw')"),
-        "weight_decay": ("number>=0", "dense training weight decay (default 0.01)"),
-        "batch_size": ("int>=1", "dense training batch size (default 128)"),
-    },
+SECTION = "sparsesearch.section"  # the study-file section a StudyConfig field is read from
+KEY = "sparsesearch.key"  # ... and its key there (absent: the whole section is the field)
+TABLE = "sparsesearch.table"  # a whole section: an option class, or {key: (kind, doc)}
+KWARG = "sparsesearch.kwarg"  # the keyword argument of search() the field becomes
+BUILD = "sparsesearch.build"  # how the field's value becomes that argument (default: as is)
+
+# [budget]: exactly one of these keys, which also gives the budget metric
+_BUDGET_KEYS: dict[str, tuple[str, str]] = {
+    "params": ("int>=1 or range", "maximum remaining parameters, counted over the whole model "
+                                  "(pareto studies: [low, high], a budget per trial)"),
+    "fraction": ("fraction1 or range", "share of the model's parameters to keep, in (0, 1] "
+                                       "(pareto studies: [low, high])"),
+    "macs": ("int>=1 or range", "instead of parameters: maximum multiply-accumulates per sample "
+                                "of the Linear/Conv layers"),
+    "macs_fraction": ("fraction1 or range", "instead of parameters: share of the dense model's "
+                                            "MACs to keep, in (0, 1]"),
 }
+
+
+def _key(section: str, key: str, kind: str, doc: str, default: Any = dataclasses.MISSING, *,
+         kwarg: str | None = None, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A StudyConfig field read from ``[section] key`` (becoming ``search(kwarg=...)``)."""
+    return option(default, kind=kind, doc=doc, default_factory=default_factory,
+                  **{SECTION: section, KEY: key, KWARG: kwarg})
+
+
+def _table(section: str, table: Any, *, build: Any = None, kwarg: str | None = None) -> Any:
+    """A StudyConfig field holding a whole section (its keys are ``table``'s)."""
+    return option(default_factory=dict, kind="table", doc=f"[{section}]",
+                  **{SECTION: section, TABLE: table, KWARG: kwarg, BUILD: build})
+
+
+def _strategy_params_kwarg(value: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    return {k: dict(v) for k, v in value.items()}
+
+
+def _dense_settings(value: Mapping[str, Any]) -> DenseSettings:
+    return DenseSettings(**value)
+
 
 REQUIRED = {("model", "name"), ("data", "name")}
 
@@ -172,37 +113,80 @@ def _closest(key: str, valid: list[str]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
-    """A validated study file. Paths are absolute; ``path`` is the study file (or None)."""
+    """A validated study file. Paths are absolute; ``path`` is the study file (or None).
 
-    name: str
-    model: str
-    data: str
-    budget: int | float
-    budget_metric: str = "params"
-    n_trials: int | None = None
-    timeout: float | None = None
-    max_complete: int | None = None
-    seed: int = 0
-    storage: str | None = None
-    objective: str = "accuracy"
-    device: str = "cpu"
-    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-    checkpoint: str | None = None
-    data_root: str | None = None
-    val_fraction: float | None = None
-    test_fraction: float | None = None
-    data_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    strategies: tuple[str, ...] = ("magnitude",)
-    heuristics: tuple[str, ...] | None = None
-    pruner: str = "halving"
-    include: tuple[str, ...] | None = None
-    exclude: tuple[str, ...] | None = None
-    num_batches: int | None = None
-    space: dict[str, Any] = dataclasses.field(default_factory=dict)
-    compute: dict[str, Any] = dataclasses.field(default_factory=dict)
-    strategy_params: dict[str, Any] = dataclasses.field(default_factory=dict)
-    dense: dict[str, Any] = dataclasses.field(default_factory=dict)
-    path: str | None = None
+    Each field is an :func:`~sparsesearch.options.option` naming its place in the study file
+    and the keyword of :func:`sparsesearch.search` it becomes: :data:`SCHEMA`,
+    :func:`parse_study` and :meth:`search_kwargs` are read off these fields."""
+
+    name: str = _key("study", "name", "str", (
+        "study name: the Optuna study name and the folder under the runs dir (default: the file "
+        "name without .toml)"), kwarg="study_name")
+    model: str = _key("model", "name", "str", (
+        "zoo name (lenet300, lenet5, digits-mlp, digits-cnn, cifar-resnet), a torchvision model "
+        "name, or 'package.module:function' (required)"), kwarg="model")
+    data: str = _key("data", "name", "str", (
+        "digits, mnist-5k, mnist, fashion-mnist, cifar10, a plugin dataset, or "
+        "'package.module:function' (required)"), kwarg="data")
+    budget: int | float = option(kind="budget", doc="[budget]", **{
+        SECTION: "budget", TABLE: _BUDGET_KEYS, KWARG: "budget"})
+    budget_metric: str = option("params", kind="derived", doc="from the [budget] key", **{KWARG: "budget_metric"})
+    n_trials: int | None = _key("study", "n_trials", "int>=0", (
+        "at most this many screening trials per `run` invocation (default: until the screening "
+        "share of [compute] is spent)"), None, kwarg="n_trials")
+    timeout: float | None = _key("study", "timeout", "number>0", (
+        "stop starting screening trials after this many seconds; the finalists still train "
+        "(default: none)"), None, kwarg="timeout")
+    max_complete: int | None = _key("study", "max_complete", "int>=1", (
+        "stop once the study holds this many COMPLETE trials, counted over all invocations and "
+        "workers (default: none)"), None, kwarg="max_complete")
+    seed: int = _key("study", "seed", "int>=0", (
+        "seed of the data split, dense training, sampler and trials (default 0)"), 0, kwarg="seed")
+    storage: str | None = _key("study", "storage", "str", (
+        "Optuna storage URL (default sqlite:///<runs>/<name>/study.db)"), None)  # storage_url()
+    objective: str = _key("study", "objective", "choice:accuracy,pareto", (
+        "'accuracy' (maximise validation accuracy) or 'pareto' (also minimise remaining "
+        "parameters; no pruner) (default 'accuracy')"), "accuracy", kwarg="objective")
+    device: str = _key("study", "device", "device", "'cpu', 'cuda', 'cuda:N' or 'auto' (default 'cpu')",
+                       "cpu", kwarg="device")
+    model_kwargs: dict[str, Any] = _key("model", "kwargs", "table", (
+        "keyword arguments of the model factory, e.g. {depth = 20} (num_classes defaults to the "
+        "dataset's)"), default_factory=dict, kwarg="model_kwargs")
+    checkpoint: str | None = _key("model", "checkpoint", "path", (
+        "a trained state_dict, loaded with weights_only=True; the dense model is then not "
+        "trained (default: none)"), None, kwarg="checkpoint")
+    # the data loader's keyword arguments: search(data_options=data_kwargs())
+    data_root: str | None = _key("data", "root", "path", (
+        "folder holding the torchvision files (never downloaded)"), None)
+    val_fraction: float | None = _key("data", "val_fraction", "fraction", (
+        "validation share of the training data (built-ins' default)"), None)
+    test_fraction: float | None = _key("data", "test_fraction", "fraction", (
+        "test share, for datasets without a test split"), None)
+    data_options: dict[str, Any] = _key("data", "options", "table", (
+        "other keyword arguments of the dataset loader"), default_factory=dict)
+    strategies: tuple[str, ...] = _key("search", "strategies", "strlist", (
+        "strategy names searched over (default ['magnitude']; `sparsesearch strategies` lists "
+        "them)"), ("magnitude",), kwarg="strategies")
+    heuristics: tuple[str, ...] | None = _key("search", "heuristics", "strlist", (
+        "heuristic allocations enqueued first (default all of uniform, global, lamp, erk; [] for "
+        "none)"), None, kwarg="heuristics")
+    pruner: str = _key("search", "pruner", "choice:halving,median,hyperband,none", (
+        "Optuna pruner of the screening trials of single-objective studies (default 'halving': "
+        "successive halving over epochs)"), "halving", kwarg="pruner")
+    include: tuple[str, ...] | None = _key("search", "include", "strlist", (
+        "only prune these layers (module names; default all)"), None, kwarg="include")
+    exclude: tuple[str, ...] | None = _key("search", "exclude", "strlist", (
+        "never prune these layers (module names)"), None, kwarg="exclude")
+    num_batches: int | None = _key("search", "num_batches", "int>=1", (
+        "batches of training data data-dependent strategies score on"), None, kwarg="num_batches")
+    space: dict[str, Any] = _table("space", SearchSpace, build=SearchSpace.from_mapping, kwarg="space")
+    compute: dict[str, Any] = _table("compute", ComputeBudget, build=ComputeBudget.from_mapping,
+                                     kwarg="compute")
+    # [strategy_params.NAME]: free keys, checked in parse_study
+    strategy_params: dict[str, Any] = _table("strategy_params", {}, build=_strategy_params_kwarg,
+                                             kwarg="strategy_params")
+    dense: dict[str, Any] = _table("dense", DenseSettings, build=_dense_settings, kwarg="dense")
+    path: str | None = option(None, kind="derived", doc="the study file")
 
     def replace(self, **changes: Any) -> "StudyConfig":
         """A copy with ``changes`` (None values are ignored: "not given on the command line")."""
@@ -228,44 +212,25 @@ class StudyConfig:
     def search_kwargs(self, runs_dir: str | os.PathLike = "runs") -> dict[str, Any]:
         """Keyword arguments of :func:`sparsesearch.search`: ``search(**cfg.search_kwargs())``.
 
-        ``model``, ``data`` and ``budget`` are included; ``storage`` is the resolved URL.
+        ``model``, ``data`` and ``budget`` are included; ``storage`` is the resolved URL; an
+        option left unset (None) is left out, so ``search`` applies its own default.
         """
-        kw: dict[str, Any] = {
-            "model": self.model,
-            "data": self.data,
-            "budget": self.budget,
-            "budget_metric": self.budget_metric,
-            "strategies": list(self.strategies),
-            "n_trials": self.n_trials,
-            "timeout": self.timeout,
-            "storage": self.storage_url(runs_dir),
-            "study_name": self.name,
-            "seed": self.seed,
-            "space": SearchSpace.from_mapping(self.space),
-            "compute": ComputeBudget.from_mapping(self.compute),
-            "strategy_params": {k: dict(v) for k, v in self.strategy_params.items()},
-            "objective": self.objective,
-            "device": self.device,
-            "pruner": self.pruner,
-            "dense": DenseSettings(**self.dense),
-            "model_kwargs": dict(self.model_kwargs),
-            "runs_dir": str(runs_dir),
-        }
-        if self.heuristics is not None:
-            kw["heuristics"] = list(self.heuristics)
-        if self.include is not None:
-            kw["include"] = list(self.include)
-        if self.exclude is not None:
-            kw["exclude"] = list(self.exclude)
-        if self.num_batches is not None:
-            kw["num_batches"] = self.num_batches
-        if self.max_complete is not None:
-            kw["max_complete"] = self.max_complete
+        kw: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            target = f.metadata.get(KWARG)
+            value = getattr(self, f.name)
+            if target is None or value is None:
+                continue
+            build = f.metadata.get(BUILD)
+            if build is not None:
+                kw[target] = build(value)
+            else:
+                kw[target] = list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, dict) else value
+        kw["storage"] = self.storage_url(runs_dir)
+        kw["runs_dir"] = str(runs_dir)
         data_kwargs = self.data_kwargs()
         if data_kwargs:
             kw["data_options"] = data_kwargs
-        if self.checkpoint is not None:
-            kw["checkpoint"] = self.checkpoint
         return kw
 
     def to_dict(self) -> dict[str, Any]:
@@ -280,12 +245,32 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "StudyConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
-        for k in ("strategies", "heuristics", "include", "exclude"):
-            if isinstance(kw.get(k), list):
-                kw[k] = tuple(kw[k])
+        """The configuration :meth:`to_dict` stored (unknown keys are ignored)."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in fields}
+        for k, v in kw.items():
+            if isinstance(v, list) and fields[k].metadata.get(KIND) == "strlist":
+                kw[k] = tuple(v)
         return cls(**kw)
+
+
+def _schema() -> dict[str, dict[str, tuple[str, str]]]:
+    schema: dict[str, dict[str, tuple[str, str]]] = {}
+    for f in dataclasses.fields(StudyConfig):
+        section = f.metadata.get(SECTION)
+        if section is None:
+            continue
+        keys = schema.setdefault(section, {})
+        if KEY in f.metadata:
+            keys[f.metadata[KEY]] = (f.metadata[KIND], f.metadata["sparsesearch.doc"])
+        else:
+            table = f.metadata[TABLE]
+            keys.update(table if isinstance(table, dict) else described(table))
+    return schema
+
+
+SCHEMA: dict[str, dict[str, tuple[str, str]]] = _schema()
+"""The study file: section -> key -> (kind, description), read off :class:`StudyConfig`."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,42 +474,21 @@ def parse_study(doc: Mapping[str, Any], *, path: str | os.PathLike | None = None
     budget_metric = "macs" if budget_key.startswith("macs") else "params"
 
     base = Path(os.path.abspath(os.path.dirname(path))) if path is not None else None
-    study, model, data, search = values["study"], values["model"], values["data"], values["search"]
-    if path is not None:
-        default_name = Path(path).name.removesuffix(".toml")
-    else:
-        default_name = "sparsesearch"
-    cfg = StudyConfig(
-        name=study.get("name", default_name),
-        model=model["name"],
-        data=data["name"],
-        budget=budget_value,
-        budget_metric=budget_metric,
-        n_trials=study.get("n_trials"),
-        timeout=study.get("timeout"),
-        max_complete=study.get("max_complete"),
-        seed=study.get("seed", 0),
-        storage=study.get("storage"),
-        objective=study.get("objective", "accuracy"),
-        device=study.get("device", "cpu"),
-        model_kwargs=model.get("kwargs", {}),
-        checkpoint=_resolve_path(model["checkpoint"], base) if "checkpoint" in model else None,
-        data_root=_resolve_path(data["root"], base) if "root" in data else None,
-        val_fraction=data.get("val_fraction"),
-        test_fraction=data.get("test_fraction"),
-        data_options=data.get("options", {}),
-        strategies=search.get("strategies", ("magnitude",)),
-        heuristics=search.get("heuristics"),
-        pruner=search.get("pruner", "halving"),
-        include=search.get("include"),
-        exclude=search.get("exclude"),
-        num_batches=search.get("num_batches"),
-        space=values["space"],
-        compute=values["compute"],
-        strategy_params=values["strategy_params"],
-        dense=values["dense"],
-        path=os.path.abspath(path) if path is not None else None,
-    )
+    given: dict[str, Any] = {
+        "name": Path(path).name.removesuffix(".toml") if path is not None else "sparsesearch",
+        "budget": budget_value, "budget_metric": budget_metric,
+        "path": os.path.abspath(path) if path is not None else None,
+    }
+    for f in dataclasses.fields(StudyConfig):
+        section = f.metadata.get(SECTION)
+        if section is None or section == "budget":
+            continue
+        if KEY not in f.metadata:  # a whole section: [space], [compute], [dense], ...
+            given[f.name] = values[section]
+        elif f.metadata[KEY] in values[section]:
+            value = values[section][f.metadata[KEY]]
+            given[f.name] = _resolve_path(value, base) if f.metadata[KIND] == "path" else value
+    cfg = StudyConfig(**given)
     validate(cfg, where=where)
     return cfg
 
@@ -546,18 +510,14 @@ def validate(cfg: StudyConfig, *, where: str = "") -> None:
                 f"{where}[strategy_params.{name}] names a strategy that is not in search.strategies"
                 f"{_closest(name, list(cfg.strategies))}"
             )
-    try:
-        SearchSpace.from_mapping(cfg.space)
-    except SparsesearchError as exc:
-        raise ConfigError(f"{where}[space]: {exc}") from None
-    try:
-        ComputeBudget.from_mapping(cfg.compute)
-    except SparsesearchError as exc:
-        raise ConfigError(f"{where}[compute]: {exc}") from None
-    try:
-        DenseSettings(**cfg.dense)
-    except (TypeError, ValueError) as exc:  # pragma: no cover - keys are schema-checked
-        raise ConfigError(f"{where}[dense]: {exc}") from None
+    for f in dataclasses.fields(StudyConfig):  # [space], [compute], [dense] construct
+        table = f.metadata.get(TABLE)
+        if table is None or isinstance(table, dict):
+            continue
+        try:
+            f.metadata[BUILD](getattr(cfg, f.name))
+        except (TypeError, ValueError) as exc:  # SparsesearchError; TypeError: keys are schema-checked
+            raise ConfigError(f"{where}[{f.metadata[SECTION]}]: {exc}") from None
     try:
         check_study_name(cfg.name, what="study.name")
     except SparsesearchError as exc:

@@ -280,18 +280,15 @@ def config_from_study(study: optuna.Study, *, trust: bool = False):
     budget = identity.get("budget", attrs.get(record.budget_key(metric)))
     if not isinstance(budget, (int, float)) or isinstance(budget, bool):
         raise SparsesearchError(f"study {study.study_name!r} records no {record.budget_key(metric)}")
-    return StudyConfig(
-        name=study.study_name,
-        model=settings["model"],
-        data=settings["data"],
-        budget=budget,
-        budget_metric=metric,
-        seed=int(settings.get("seed", 0)),
-        objective=settings.get("objective", "accuracy"),
-        dense=dict(settings.get("dense") or {}),
-        include=tuple(settings.get("include") or ()) or None,
-        exclude=tuple(settings.get("exclude") or ()) or None,
-    )
+    # the search settings a study stores are named as StudyConfig's fields
+    known = {f.name for f in dataclasses.fields(StudyConfig)}
+    given = {k: v for k, v in settings.items() if k in known and v is not None}
+    for key in ("include", "exclude"):  # [] was "every layer": the field's None
+        given[key] = given.get(key) or None
+    return StudyConfig.from_dict({
+        **given, "name": study.study_name, "budget": budget, "budget_metric": metric,
+        "seed": int(settings.get("seed", 0)), "dense": dict(settings.get("dense") or {}),
+    })
 
 
 def _model_names(name: str) -> list[str]:

@@ -35,6 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sparsesearch import record
 from sparsesearch.errors import SparsesearchError
+from sparsesearch.options import option
 
 __all__ = ["ComputeBudget", "auto_dense_epochs", "choose_final", "epochs_spent", "standard_error"]
 
@@ -71,16 +72,29 @@ class ComputeBudget:
         reduction_factor / min_resource: successive halving of the screening trials (epochs).
     """
 
-    epochs: float | None = None
-    final_share: float = 0.7
-    finalists: int = 1
-    final_lr_scales: tuple[float, ...] = (1.0,)
-    final_prune_steps: int | None = None
-    final_kd_weight: float = 0.0
-    final_kd_temperature: float = 4.0
-    prune_window: float = 0.5
-    reduction_factor: int = 3
-    min_resource: int | None = None
+    epochs: float | None = option(None, kind="number>0", doc=(
+        "the study's fine-tuning compute: epochs over the training split, screening and "
+        "finalists (default 4 x the dense epochs)"))
+    final_share: float = option(0.7, kind="fraction", doc=(
+        "share of the compute for the finalists (default 0.7)"))
+    finalists: int = option(1, kind="int>=0", doc=(
+        "screening trials retrained at full fidelity (default 1; 0 = none)"))
+    final_lr_scales: tuple[float, ...] = option((1.0,), kind="list", doc=(
+        "each finalist is retrained at its screening lr times each of these (default [1]: the "
+        "screening lr)"))
+    final_prune_steps: int | None = option(None, kind="int>=1", doc=(
+        "gradual prune events of a finalist (default: one per 4 epochs, 2 to 8)"))
+    final_kd_weight: float = option(0.0, kind="number>=0", doc=(
+        "distillation weight in the finalists' training (default 0 = off; at most 1)"))
+    final_kd_temperature: float = option(4.0, kind="number>0", doc=(
+        "distillation temperature of the finalists (default 4)"))
+    prune_window: float = option(0.5, kind="fraction1", doc=(
+        "share of a finalist's epochs its prune events are spread over (default 0.5)"))
+    reduction_factor: int = option(3, kind="int>=1", doc=(
+        "successive halving: keep 1 in this many per rung (default 3)"))
+    min_resource: int | None = option(None, kind="int>=1", doc=(
+        "successive halving: epochs of the first rung (default: the screening epochs / 9, at "
+        "least 1)"))
 
     def __post_init__(self) -> None:
         if self.epochs is not None and not (isinstance(self.epochs, (int, float))

@@ -40,6 +40,7 @@ from sparsesearch.layers import find_layers
 from sparsesearch.macs import count_macs
 from sparsesearch.masks import make_permanent
 from sparsesearch.models import build_model, load_checkpoint
+from sparsesearch.options import option
 from sparsesearch.runner import cached_tensors, create_study_once, run_study, setup_owner
 from sparsesearch.sampler import LocalTPESampler
 from sparsesearch.recipe import Recipe, RetrainSettings, _example, apply_recipe, replay
@@ -48,7 +49,8 @@ from sparsesearch.space import SearchSpace
 from sparsesearch.storage import make_storage, mask_url, run_folder
 from sparsesearch.train import evaluate, evaluate_loss, resolve_device, train_dense
 
-__all__ = ["DenseSettings", "SearchResult", "search", "mask_url", "best_trial", "prepare_dense_model"]
+__all__ = ["DenseSettings", "SearchResult", "search", "mask_url", "best_trial", "prepare_dense_model",
+           "study_result"]
 
 log = logging.getLogger("sparsesearch")
 
@@ -61,11 +63,12 @@ class DenseSettings:
     ``epochs=None``: :func:`sparsesearch.fidelity.auto_dense_epochs` (at least 15 epochs and
     300 optimizer steps)."""
 
-    epochs: int | None = None
-    lr: float = 1e-3
-    optimizer: str = "adamw"
-    weight_decay: float = 0.01
-    batch_size: int = 128
+    epochs: int | None = option(None, kind="int>=0", doc=(
+        "dense training epochs (default: at least 15 and 300 optimizer steps)"))
+    lr: float = option(1e-3, kind="number>0", doc="dense training learning rate (default 1e-3)")
+    optimizer: str = option("adamw", kind="choice:sgd,adamw", doc="dense training optimizer (default 'adamw')")
+    weight_decay: float = option(0.01, kind="number>=0", doc="dense training weight decay (default 0.01)")
+    batch_size: int = option(128, kind="int>=1", doc="dense training batch size (default 128)")
 
     def resolved_epochs(self, n_train: int) -> int:
         return self.epochs if self.epochs is not None else auto_dense_epochs(n_train, self.batch_size)
@@ -970,8 +973,9 @@ def _search(
             _record_epochs(study)
         raise
     _record_epochs(study)
-    return _result(study, obj, dense_model, splits, torch_device, dense_val, budget_params,
-                   total_params, evaluate_test=evaluate_test, objective=objective)
+    return _result(study, obj.models, dense_model, splits, torch_device, dense_val, budget_params,
+                   total_params, compute_total=obj.compute.total, evaluate_test=evaluate_test,
+                   objective=objective)
 
 
 def _enqueue_seeds(study: optuna.Study, obj: _Objective, seeds: Sequence[tuple[str, dict[str, Any]]],
@@ -1086,10 +1090,34 @@ def rebuild(study: optuna.Study, trial: optuna.trial.FrozenTrial, dense_model: n
     return apply_recipe(dense_model, recipe, splits, device=device)
 
 
-def _result(study, obj, dense_model, splits, device, dense_val, budget_params, total_params,
-            *, evaluate_test: bool, objective: str) -> SearchResult:
+def study_result(study: optuna.Study, dense_model: nn.Module, splits: Any, *, device: str = "cpu",
+                 evaluate_test: bool = True) -> SearchResult:
+    """The :class:`SearchResult` of a study whose trials ran elsewhere (worker processes, other
+    machines), as :func:`search` returns it: the chosen trial's model replayed from its recipe
+    on ``dense_model`` (from :func:`prepare_dense_model`, the same as the trials started from),
+    its test accuracy measured once and recorded; the study's ``epochs_trained`` brought up to
+    date. The budgets, totals and compute are the ones the study recorded."""
+    attrs = study.user_attrs
+    metric = attrs.get(record.BUDGET_METRIC, "params")
+    if record.budget_key(metric) not in attrs:
+        raise SparsesearchError(f"study {study.study_name!r} was not set up by sparsesearch "
+                                f"(no {record.budget_key(metric)!r} attribute)")
+    _record_epochs(study)
+    return _result(
+        study, {}, dense_model.eval(), splits, resolve_device(device), float(attrs[record.DENSE_VAL]),
+        int(attrs[record.budget_key(metric)]), int(attrs[record.TOTAL_PARAMS]),
+        compute_total=float((attrs.get(record.COMPUTE) or {}).get("epochs") or 0.0),
+        evaluate_test=evaluate_test, objective="pareto" if len(study.directions) > 1 else "accuracy",
+    )
+
+
+def _result(study: optuna.Study, models: Mapping[int, nn.Module], dense_model: nn.Module, splits: Any,
+            device: torch.device, dense_val: float, budget_params: int, total_params: int, *,
+            compute_total: float, evaluate_test: bool, objective: str) -> SearchResult:
+    """The result of a study: the chosen trial (its trained model when this process kept it,
+    else replayed from its recipe), its test accuracy measured and recorded."""
     best = best_trial(study)
-    model = obj.models.get(best.number)
+    model = models.get(best.number)
     if model is None:
         model = rebuild(study, best, dense_model, splits, device)
     model = make_permanent(model)
@@ -1115,7 +1143,7 @@ def _result(study, obj, dense_model, splits, device, dense_val, budget_params, t
         total_params=total_params, budget_params=budget_params, pareto_front=front,
         budget_metric=study.user_attrs.get(record.BUDGET_METRIC, "params"),
         epochs_trained=int(study.user_attrs.get(record.EPOCHS_TRAINED, 0)),
-        compute_budget=float(obj.compute.total),
+        compute_budget=float(compute_total),
     )
     for problem in plugins.call_observers("sparsesearch_study_end", study=study, result=result):
         log.warning("%s", problem)

@@ -13,12 +13,14 @@ import math
 from typing import Any, Mapping
 
 from sparsesearch.errors import SparsesearchError
+from sparsesearch.options import option
 
 __all__ = ["SearchSpace"]
 
 Range = tuple[float, float]
 
 ALLOCATION_MODES = ("family", "heuristics", "layers")
+_NUMBER_OR_RANGE = "number or [low, high]"  # the study-file kind of a searchable number
 
 
 def _closest(key: str, valid: list[str]) -> str:
@@ -55,20 +57,38 @@ class SearchSpace:
             geometric middle of the ``lr`` range, or the fixed ``lr``).
     """
 
-    lr: float | Range = (3e-4, 1e-2)
-    epochs: int | tuple[int, int] | None = None
-    optimizer: str | tuple[str, ...] = "adamw"
-    weight_decay: float | Range = 0.0
-    prune_steps: int | tuple[int, int] = 1
-    kd_weight: float | Range = 0.0
-    kd_temperature: float | Range = 4.0
-    allocation: bool | str = "family"
-    alloc_temperature: Range = (0.0, 2.0)
-    warmup: float = 0.05
-    min_sparsity: float = 0.0
-    max_sparsity: float = 0.999
-    batch_size: int = 128
-    heuristic_lrs: tuple[float, ...] | None = None
+    lr: float | Range = option((3e-4, 1e-2), kind=_NUMBER_OR_RANGE, doc=(
+        "fine-tuning learning rate, log scale (default [3e-4, 1e-2], for AdamW)"))
+    epochs: int | tuple[int, int] | None = option(None, kind=_NUMBER_OR_RANGE, doc=(
+        "epochs of a screening trial (default: at least 3 and 64 optimizer steps); finalists "
+        "train longer ([compute])"))
+    optimizer: str | tuple[str, ...] = option("adamw", kind="str or list", doc=(
+        "'adamw' (default), 'sgd' (momentum 0.9; wants an lr range like [0.01, 0.2]), or a list "
+        "to choose from"))
+    weight_decay: float | Range = option(0.0, kind=_NUMBER_OR_RANGE, doc=(
+        "fine-tuning weight decay, log scale when low > 0 (default 0)"))
+    prune_steps: int | tuple[int, int] = option(1, kind=_NUMBER_OR_RANGE, doc=(
+        "1 = one-shot; k = k rounds of prune + retrain (default 1)"))
+    kd_weight: float | Range = option(0.0, kind=_NUMBER_OR_RANGE, doc=(
+        "distillation weight from the dense model, 0 = off (default 0)"))
+    kd_temperature: float | Range = option(4.0, kind=_NUMBER_OR_RANGE, doc=(
+        "distillation temperature (default 4)"))
+    allocation: bool | str = option("family", kind="allocation", doc=(
+        "'family' (default: heuristic × temperature, two dimensions), 'heuristics' (or false), "
+        "or 'layers' (one density per layer)"))
+    alloc_temperature: Range = option((0.0, 2.0), kind=_NUMBER_OR_RANGE, doc=(
+        "temperature range of the 'family' allocation (default [0, 2]; 0 = uniform, 1 = the "
+        "heuristic)"))
+    warmup: float = option(0.05, kind="fraction", doc=(
+        "share of the optimizer steps with a linear learning-rate warm-up (default 0.05)"))
+    min_sparsity: float = option(0.0, kind="number", doc=(
+        "smallest per-layer sparsity of every allocation (default 0)"))
+    max_sparsity: float = option(0.999, kind="number", doc=(
+        "largest per-layer sparsity of every allocation (default 0.999)"))
+    batch_size: int = option(128, kind="int>=1", doc="fine-tuning batch size (default 128)")
+    heuristic_lrs: tuple[float, ...] | None = option(None, kind="list", doc=(
+        "learning rates each heuristic seed is enqueued at (default: one, three quarters up the "
+        "lr range)"))
 
     @classmethod
     def from_mapping(cls, space: Mapping[str, Any] | "SearchSpace" | None) -> "SearchSpace":

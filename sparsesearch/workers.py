@@ -43,7 +43,8 @@ from sparsesearch.runner import (  # noqa: F401 - the runner's names, re-exporte
     setup_owner,
     terminate_like_interrupt,
 )
-from sparsesearch.search import search
+from sparsesearch._optuna import quiet_optuna
+from sparsesearch.search import prepare_dense_model, search, study_result
 from sparsesearch.storage import BaseStorage, make_storage, resolve_storage_spec, storage_label
 
 __all__ = [
@@ -245,10 +246,29 @@ def run_workers(
         raise SparsesearchError("; ".join(problems))
     if interrupted:
         raise KeyboardInterrupt
-    final = dict(kw, n_trials=0, timeout=None, max_complete=None, evaluate_test=evaluate_test,
-                 show_progress=False, callbacks=())
     torch.set_rng_state(rng_state)
-    return search(**final)
+    if not procs:  # nothing to share out (n_trials=0): the one search, here
+        return search(**dict(kw, evaluate_test=evaluate_test, show_progress=False, callbacks=()))
+    return _result(kw, spec, evaluate_test)
+
+
+def _result(kw: Mapping[str, Any], spec: str, evaluate_test: bool) -> Any:
+    """The workers' study as :func:`search` returns it, built here without searching again:
+    the dense model from the run folder's cache (trained by the first worker), the chosen
+    trial replayed from its recipe and tested once."""
+    study_name = kw.get("study_name", "sparsesearch")
+    runs_dir = kw.get("runs_dir", "runs")
+    with quiet_optuna(level=logging.ERROR):
+        dense_model, splits = prepare_dense_model(
+            kw["model"], kw["data"], seed=kw.get("seed", 0), dense=kw.get("dense"),
+            trained=kw.get("trained"), model_kwargs=kw.get("model_kwargs"),
+            data_options=kw.get("data_options"), checkpoint=kw.get("checkpoint"),
+            device=kw.get("device", "cpu"), runs_dir=runs_dir, study_name=study_name,
+        )
+        storage = make_storage(spec, study_name=study_name, runs_dir=runs_dir, heartbeat_interval=None)
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        return study_result(study, dense_model, splits, device=kw.get("device", "cpu"),
+                            evaluate_test=evaluate_test)
 
 
 def _label(spec: str) -> str:

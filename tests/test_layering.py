@@ -40,7 +40,7 @@ LAYER_NAMES = {
 # Lowest first; a module may import its own layer or lower ones.
 LAYERS: dict[str, int] = {
     # L0 contract
-    "errors": 0, "hookspecs": 0, "strategy": 0, "plugins": 0, "_optuna": 0,
+    "errors": 0, "hookspecs": 0, "strategy": 0, "plugins": 0, "_optuna": 0, "options": 0,
     # L1 data/models
     "data": 1, "models": 1,
     # L2 training loop

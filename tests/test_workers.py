@@ -211,3 +211,27 @@ def test_study_stop_from_a_callback_ends_optimize_until(tmp_path):
     study = _study(tmp_path / "j.log")
     ran = optimize_until(study, lambda t: 1.0, 10, callbacks=[lambda s, t: s.stop()])
     assert ran == 1 and count_trials(study) == (1, 0)
+
+
+def test_run_workers_builds_the_result_without_searching_again(tmp_path, monkeypatch):
+    import sparsesearch.workers as workers_module
+    from sparsesearch import count_params
+    from sparsesearch.search import best_trial
+
+    def no_search(**kw):  # the parent must not set up or run the study a second time
+        raise AssertionError("run_workers called search() in the parent")
+
+    monkeypatch.setattr(workers_module, "search", no_search)
+    kw = dict(model="digits-mlp", data="digits", budget=0.1, study_name="w", runs_dir=str(tmp_path),
+              heuristics=["uniform"], dense={"epochs": 3, "lr": 0.1, "optimizer": "sgd"},
+              space={"epochs": 2}, compute={"epochs": 8, "final_share": 0.5})
+    result = workers_module.run_workers(2, search_kwargs=kw, threads_per_worker=1)
+    study = result.study
+    assert result.best_trial.number == best_trial(study).number
+    assert best_trial(study).user_attrs["phase"] == "final"
+    assert study.user_attrs["test_accuracy"] == {str(result.best_trial.number): result.test_accuracy}
+    assert study.user_attrs["epochs_trained"] == result.epochs_trained == sum(
+        t.user_attrs.get("epochs", 0) for t in study.trials)
+    assert result.params == result.best_trial.user_attrs["params"] <= result.budget_params
+    assert count_params(result.model).remaining == result.params
+    assert result.compute_budget == 8 and result.dense_val_accuracy == study.user_attrs["dense_val_accuracy"]
