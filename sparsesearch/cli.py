@@ -47,10 +47,6 @@ exit status: 0 success, 2 user error (one line on stderr), 1 internal error (a b
 docs: docs/cli.md (commands), docs/studies.md (study files)."""
 
 
-class UsageError(Exception):
-    """Bad command-line combinations (reported like argparse errors, exit 2)."""
-
-
 def _version() -> str:
     try:
         return version("sparsesearch")
@@ -507,6 +503,14 @@ def _optuna_verbose(on: bool) -> Iterator[None]:
             os.environ[VERBOSE_ENV] = previous
 
 
+def _user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the user's to fix (exit 2, one line): sparsesearch's own checks
+    (:class:`SparsesearchError` and its subclasses) and an ``OSError`` about a file (a path the
+    user gave: missing, unreadable, not writable). Anything else is a bug, shown with its
+    traceback (a ``ValueError`` raised deep in the code is no message for the user)."""
+    return isinstance(exc, SparsesearchError) or (isinstance(exc, OSError) and bool(exc.filename))
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -517,7 +521,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     _remember_secrets(getattr(args, "storage", None))
     _VERBOSITY[0] = -1 if getattr(args, "global_quiet", False) else getattr(args, "verbose", 0)
     debug = getattr(args, "debug", False)
-    user_errors: tuple[type[BaseException], ...] = (SparsesearchError, ValueError, OSError)
     with (warnings.catch_warnings(), _logging_restored(), _import_paths(args),  # may run in-process
           _optuna_verbose(_VERBOSITY[0] > 0)):
         try:
@@ -532,17 +535,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             except OSError:
                 pass
             return 0
-        except user_errors as exc:
-            if debug:
-                _print_traceback(exc)
-            msg = str(exc) or type(exc).__name__
-            if isinstance(exc, OSError) and getattr(exc, "filename", None) and str(exc.filename) not in msg:
-                msg = f"{msg}: {exc.filename}"
-            if not debug and not isinstance(exc, SparsesearchError):  # raised by code, maybe the user's
-                msg = f"{msg} (sparsesearch --debug {args.command} ... shows where)"
-            _err(msg)
-            return 2
-        except Exception as exc:  # noqa: BLE001 - a bug: show everything
+        except Exception as exc:  # noqa: BLE001 - sorted: the user's mistake (2) or a bug (1)
+            if _user_error(exc):
+                if debug:
+                    _print_traceback(exc)
+                msg = str(exc) or type(exc).__name__
+                if isinstance(exc, OSError) and str(exc.filename) not in msg:
+                    msg = f"{msg}: {exc.filename}"
+                if not debug and not isinstance(exc, SparsesearchError):  # a file the user named
+                    msg = f"{msg} (sparsesearch --debug {args.command} ... shows where)"
+                _err(msg)
+                return 2
             if is_storage_error(exc):  # a read-only, full or lost database: not a bug
                 if debug:
                     _print_traceback(exc)

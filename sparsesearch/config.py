@@ -13,7 +13,6 @@ keyword arguments of :func:`sparsesearch.search`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib.resources
 import math
 import os
@@ -26,7 +25,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from sparsesearch.budget import HEURISTICS
-from sparsesearch.errors import SparsesearchError
+from sparsesearch.errors import SparsesearchError, did_you_mean
 from sparsesearch.fidelity import ComputeBudget
 from sparsesearch.options import KIND, described, option
 from sparsesearch.search import DenseSettings
@@ -100,11 +99,8 @@ def _dense_settings(value: Mapping[str, Any]) -> DenseSettings:
 REQUIRED = {("model", "name"), ("data", "name")}
 
 
-def _closest(key: str, valid: list[str]) -> str:
-    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    if match:
-        return f"; did you mean {match[0]!r}?"
-    return f"; valid keys: {', '.join(valid)}"
+def _closest(key: str, valid: list[str]) -> str:  # the study file's hints are a little looser
+    return did_you_mean(key, valid, cutoff=0.5)
 
 
 # ---------------------------------------------------------------------------------------------

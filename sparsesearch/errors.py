@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-__all__ = ["SparsesearchError", "PluginError", "StrategyError", "BudgetError", "PluginFailedError"]
+import difflib
+
+__all__ = ["SparsesearchError", "PluginError", "StrategyError", "BudgetError", "PluginFailedError",
+           "did_you_mean"]
+
+
+def did_you_mean(key: str, valid: list[str], *, cutoff: float = 0.6) -> str:
+    """The end of an "unknown key" message: ``; did you mean 'x'?`` naming the closest valid
+    key, else ``; valid keys: a, b, c``."""
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=cutoff)
+    return f"; did you mean {match[0]!r}?" if match else f"; valid keys: {', '.join(valid)}"
 
 
 class SparsesearchError(ValueError):

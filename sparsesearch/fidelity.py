@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from difflib import get_close_matches
 from typing import Any, Mapping, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sparsesearch import record
-from sparsesearch.errors import SparsesearchError
+from sparsesearch.errors import SparsesearchError, did_you_mean
 from sparsesearch.options import option
 
 __all__ = ["ComputeBudget", "auto_dense_epochs", "choose_final", "epochs_spent", "standard_error"]
@@ -136,9 +135,7 @@ class ComputeBudget:
             valid = [f.name for f in dataclasses.fields(cls)]
             for key in value:
                 if key not in valid:
-                    m = get_close_matches(key, valid, n=1)
-                    hint = f"; did you mean {m[0]!r}?" if m else f"; valid keys: {', '.join(valid)}"
-                    raise SparsesearchError(f"unknown compute key {key!r}{hint}")
+                    raise SparsesearchError(f"unknown compute key {key!r}{did_you_mean(key, valid)}")
             return cls(**value)
         raise SparsesearchError(f"compute must be a number of epochs or a table, got {value!r}")
 

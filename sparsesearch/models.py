@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from torch import nn
 
 from sparsesearch.errors import SparsesearchError
@@ -29,6 +30,7 @@ __all__ = [
     "example_input",
     "list_models",
     "load_checkpoint",
+    "locked_cache",
 ]
 
 Factory = Callable[..., nn.Module]
@@ -357,6 +359,29 @@ def read_state_file(path: str | os.PathLike, *, what: str = "checkpoint",
         raise (error or ModelError)(
             f"cannot read {what} {path}: {exc.strerror or exc}"
         ) from None
+
+
+def locked_cache(path: str | os.PathLike, compute: Callable[[], Any], *,
+                 save: Callable[[Any, Path], None], load: Callable[[Path], Any]) -> Any:
+    """The value cached in the file ``path``: ``load(path)`` when the file is there (``load``
+    may return None: unreadable, computed again), else ``compute()``, written there atomically
+    (``save(value, temporary file)`` next to it, then renamed). All under a file lock next to
+    it, so of several processes (workers) one computes and the others wait and load."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.is_file():
+            value = load(path)
+            if value is not None:
+                return value
+        value = compute()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            save(value, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return value
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:

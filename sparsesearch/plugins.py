@@ -601,5 +601,3 @@ def call_observers(hook_name: str, **kwargs: Any) -> list[str]:
     run_hook(get_plugin_manager(), hook_name, kwargs, on_error=on_error)
     return problems
 
-
-Registrar = Callable[..., None]

@@ -30,12 +30,12 @@ from typing import Any, Callable, Sequence
 
 import optuna
 import torch
-from filelock import FileLock
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from sparsesearch import record
 from sparsesearch.errors import SparsesearchError
+from sparsesearch.models import locked_cache
 from sparsesearch.storage import _RUN_ATTRS, describe_storage_error, is_storage_error
 
 __all__ = [
@@ -149,13 +149,8 @@ def optimize_until(
             wait = min(wait * 1.5, high)
             continue
         wait = low
-        try:
-            study.optimize(guarded, n_trials=1, catch=catch, callbacks=list(callbacks),
-                           show_progress_bar=show_progress_bar, gc_after_trial=False)
-        except Exception as exc:
-            if not _finished_meanwhile(exc):
-                raise
-            _warn_failed_meanwhile(exc)
+        _optimize(study, guarded, n_trials=1, timeout=None, callbacks=callbacks, catch=catch,
+                  show_progress_bar=show_progress_bar)
         ran += 1
         if study._stop_flag:  # a callback called study.stop()
             break
@@ -322,19 +317,14 @@ def cached_tensors(path: str | os.PathLike, compute: Callable[[], dict[str, Any]
     """``compute()`` cached in the file ``path``: the first worker computes and writes it
     (atomically, under a file lock next to it), the others wait and load it
     (``torch.load(weights_only=True)``). For dicts of tensors such as strategy scores."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if path.is_file():
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # noqa: BLE001 - a damaged cache is recomputed
-                log.warning("ignoring the unreadable cache %s: %s", path, exc)
-        value = compute()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    def load(file: Path) -> dict[str, Any] | None:
         try:
-            torch.save({k: v.detach().cpu() if hasattr(v, "detach") else v for k, v in value.items()}, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return value
+            return torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a damaged cache is recomputed
+            log.warning("ignoring the unreadable cache %s: %s", file, exc)
+            return None
+
+    def save(value: dict[str, Any], tmp: Path) -> None:
+        torch.save({k: v.detach().cpu() if hasattr(v, "detach") else v for k, v in value.items()}, tmp)
+
+    return locked_cache(path, compute, save=save, load=load)

@@ -23,6 +23,8 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
+from sparsesearch.errors import SparsesearchError
+
 __all__ = ["LocalTPESampler"]
 
 
@@ -38,9 +40,9 @@ class LocalTPESampler(optuna.samplers.BaseSampler):
         step: float = 0.35,
     ) -> None:
         if not 0.0 <= local_fraction <= 1.0:
-            raise ValueError(f"local_fraction must be in [0, 1], got {local_fraction=}")
+            raise SparsesearchError(f"local_fraction must be in [0, 1], got {local_fraction=}")
         if not step > 0:
-            raise ValueError(f"step must be > 0, got {step=}")
+            raise SparsesearchError(f"step must be > 0, got {step=}")
         self._seed = seed
         self._n_startup = n_startup_trials
         self._local_fraction = local_fraction

@@ -16,7 +16,7 @@ from sparsesearch.data import load_dataset
 from sparsesearch.errors import PluginFailedError, SparsesearchError, StrategyError
 from sparsesearch.masks import make_permanent
 from sparsesearch.strategy import Layer, ScoreContext, Strategy
-from sparsesearch.train import iterate_batches
+from sparsesearch.train import iterate_batches, seeded_rng
 
 __all__ = ["accumulate_gradients", "compute_scores", "DEFAULT_GRADIENT_BATCHES"]
 
@@ -98,11 +98,7 @@ def accumulate_gradients(
     seen = 0
     # seeded and isolated: dropout etc. give the same gradients for the same seed, and the
     # caller's global RNG state is left as it was
-    rng_devices: list[int] = []
-    if device.type == "cuda":
-        rng_devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=rng_devices):
-        torch.manual_seed(seed)
+    with seeded_rng(seed, device):
         for x, y in _batches(data, batch_size, seed, device):
             work.zero_grad(set_to_none=True)
             loss = loss_fn(work(x), y)

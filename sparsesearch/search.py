@@ -842,6 +842,9 @@ def _search(
         raise SparsesearchError(f"n_trials must be >= 0, got {n_trials=}")
     if timeout is not None and not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
         raise SparsesearchError(f"timeout must be a number of seconds > 0, got {timeout=}")
+    if isinstance(local_fraction, bool) or not isinstance(local_fraction, (int, float)) \
+            or not 0.0 <= local_fraction <= 1.0:
+        raise SparsesearchError(f"local_fraction must be in [0, 1], got {local_fraction=}")
     budget_compute = ComputeBudget.from_mapping(compute)
     dense_settings = DenseSettings(**dense) if isinstance(dense, Mapping) else (dense or DenseSettings())
     torch_device = resolve_device(device)

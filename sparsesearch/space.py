@@ -8,11 +8,10 @@ choices for ``optimizer``. Unknown keys are refused naming the closest valid one
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from typing import Any, Mapping
 
-from sparsesearch.errors import SparsesearchError
+from sparsesearch.errors import SparsesearchError, did_you_mean
 from sparsesearch.options import option
 
 __all__ = ["SearchSpace"]
@@ -21,11 +20,6 @@ Range = tuple[float, float]
 
 ALLOCATION_MODES = ("family", "heuristics", "layers")
 _NUMBER_OR_RANGE = "number or [low, high]"  # the study-file kind of a searchable number
-
-
-def _closest(key: str, valid: list[str]) -> str:
-    match = difflib.get_close_matches(key, valid, n=1)
-    return f"; did you mean {match[0]!r}?" if match else f"; valid keys: {', '.join(valid)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +94,7 @@ class SearchSpace:
         kwargs: dict[str, Any] = {}
         for key, value in space.items():
             if key not in valid:
-                raise SparsesearchError(f"unknown search space key {key!r}{_closest(key, valid)}")
+                raise SparsesearchError(f"unknown search space key {key!r}{did_you_mean(key, valid)}")
             if isinstance(value, list):
                 value = tuple(value)
             if isinstance(value, tuple) and len(value) == 1 and key not in ("heuristic_lrs", "alloc_temperature"):

@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Literal, Mapping
 import torch
 from torch import nn
 
+from sparsesearch.errors import StrategyError
+
 Granularity = Literal["weight", "channel"]
 
 __all__ = ["Granularity", "Layer", "ScoreContext", "Strategy"]
@@ -132,7 +134,7 @@ class ScoreContext:
         try:
             return self.gradients[name]
         except KeyError:
-            raise ValueError(
+            raise StrategyError(
                 f"no gradient for layer {name!r}: set requires_data = True on the strategy "
                 "and pass data to prune()/search()"
             ) from None

@@ -4,28 +4,28 @@ evaluation, and in-memory batching. The only module in sparsesearch that runs tr
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import logging
 import math
 import os
-from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
-from filelock import FileLock
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from sparsesearch.data import Splits, TensorSplit
 from sparsesearch.errors import SparsesearchError
-from sparsesearch.models import load_checkpoint
+from sparsesearch.models import load_checkpoint, locked_cache
 
 __all__ = [
     "EPOCH_RECORD",
     "FitResult",
     "NonFiniteLossError",
+    "TrainingError",
     "evaluate",
     "evaluate_loss",
     "fit",
@@ -45,6 +45,12 @@ _log = logging.getLogger("sparsesearch.train")
 EPOCH_RECORD = "sparsesearch_epoch"
 _PHASE: contextvars.ContextVar[str] = contextvars.ContextVar("sparsesearch_train_phase",
                                                              default="trial")
+
+
+class TrainingError(SparsesearchError):
+    """A training setting that cannot work (a device that is not there, a learning rate or
+    batch size out of range, empty data): the user's to change, one line (exit 2 from the CLI).
+    A :class:`ValueError`, as these checks always were."""
 
 
 class NonFiniteLossError(SparsesearchError, RuntimeError):
@@ -74,18 +80,31 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if isinstance(device, torch.device):
         device = str(device)
     if not isinstance(device, str):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device=}")
+        raise TrainingError(f"device must be 'cpu', 'cuda' or 'auto', got {device=}")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device=}") from None
+        raise TrainingError(f"device must be 'cpu', 'cuda' or 'auto', got {device=}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{device=} but CUDA is not available here; use device='cpu' or 'auto'")
+        raise TrainingError(f"{device=} but CUDA is not available here; use device='cpu' or 'auto'")
     if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device=}")
+        raise TrainingError(f"device must be 'cpu', 'cuda' or 'auto', got {device=}")
     return resolved
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Inside: torch's global generators (the CPU's, and ``device``'s when it is a GPU) seeded
+    with ``seed`` (dropout and the like repeat for the same seed); after: the caller's state,
+    as it was."""
+    devices = []
+    if device.type == "cuda":
+        devices = [torch.cuda.current_device() if device.index is None else device.index]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def iterate_batches(
@@ -103,7 +122,7 @@ def iterate_batches(
     with ``num_workers=0``. The last batch may be smaller.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size=}")
+        raise TrainingError(f"batch_size must be >= 1, got {batch_size=}")
     device = resolve_device(device)
     if isinstance(dataset, TensorSplit):
         n = len(dataset)
@@ -129,7 +148,7 @@ def _eval_sum(model: nn.Module, dataset: Dataset, batch_size: int, device: str |
               per_batch: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> float:
     """Σ ``per_batch(logits, y)`` over ``dataset`` / its size (eval mode, no grad; mode restored)."""
     if len(dataset) == 0:  # type: ignore[arg-type]
-        raise ValueError("cannot evaluate on an empty dataset")
+        raise TrainingError("cannot evaluate on an empty dataset")
     device = resolve_device(device)
     model.to(device)
     was_training = model.training
@@ -173,27 +192,27 @@ def _check_fit_args(
     teacher, lr_schedule, train_data,
 ) -> None:
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be an int >= 0, got {epochs=}")
+        raise TrainingError(f"epochs must be an int >= 0, got {epochs=}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite number > 0, got {lr=}")
+        raise TrainingError(f"lr must be a finite number > 0, got {lr=}")
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown {optimizer=}; valid: {', '.join(OPTIMIZERS)}")
+        raise TrainingError(f"unknown {optimizer=}; valid: {', '.join(OPTIMIZERS)}")
     if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"unknown {lr_schedule=}; valid: {', '.join(LR_SCHEDULES)}")
+        raise TrainingError(f"unknown {lr_schedule=}; valid: {', '.join(LR_SCHEDULES)}")
     if not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay=}")
+        raise TrainingError(f"weight_decay must be >= 0, got {weight_decay=}")
     if not 0 <= momentum < 1:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum=}")
+        raise TrainingError(f"momentum must be in [0, 1), got {momentum=}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size=}")
+        raise TrainingError(f"batch_size must be an int >= 1, got {batch_size=}")
     if not 0 <= kd_weight <= 1:
-        raise ValueError(f"kd_weight must be in [0, 1], got {kd_weight=}")
+        raise TrainingError(f"kd_weight must be in [0, 1], got {kd_weight=}")
     if kd_weight > 0 and teacher is None:
-        raise ValueError(f"{kd_weight=} needs a teacher model")
+        raise TrainingError(f"{kd_weight=} needs a teacher model")
     if not kd_temperature > 0:
-        raise ValueError(f"kd_temperature must be > 0, got {kd_temperature=}")
+        raise TrainingError(f"kd_temperature must be > 0, got {kd_temperature=}")
     if len(train_data) == 0:
-        raise ValueError("train_data is empty")
+        raise TrainingError("train_data is empty")
 
 
 def _kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -249,7 +268,7 @@ def fit(
         teacher=teacher, lr_schedule=lr_schedule, train_data=train_data,
     )
     if not 0.0 <= warmup < 1.0:
-        raise ValueError(f"warmup must be in [0, 1), got {warmup=}")
+        raise TrainingError(f"warmup must be in [0, 1), got {warmup=}")
     device = resolve_device(device)
     model.to(device)
     train_data, val_data = _on(train_data, device), _on(val_data, device)
@@ -283,11 +302,7 @@ def fit(
     was_training = model.training
     teacher_was_training = teacher.training if distil else False
     generator = torch.Generator().manual_seed(seed)
-    cuda_devices = []
-    if device.type == "cuda":
-        cuda_devices = [torch.cuda.current_device() if device.index is None else device.index]
-    with torch.random.fork_rng(devices=cuda_devices):
-        torch.manual_seed(seed)
+    with seeded_rng(seed, device):
         try:
             for epoch in range(epochs):
                 if before_epoch is not None:
@@ -397,16 +412,5 @@ def train_dense(
 
     if cache_path is None:
         return train()
-    path = Path(cache_path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if path.is_file():
-            return load_checkpoint(model, path).to(device)
-        train()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            torch.save(_cpu_state(model), tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return model
+    return locked_cache(cache_path, train, save=lambda m, tmp: torch.save(_cpu_state(m), tmp),
+                        load=lambda path: load_checkpoint(model, path).to(device))

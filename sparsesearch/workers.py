@@ -3,15 +3,11 @@ trial counts, :func:`optimize_until` and :func:`run_study`, live in :mod:`sparse
 and are re-exported here).
 
 - :func:`run_workers` starts N local worker processes on one study (CPU threads split between
-  them, journal file storage unless a storage is given) and returns the result, with the test
-  accuracy of the best trial measured once, in the parent.
+  them, journal file storage unless a storage is given) and returns the result, built in the
+  parent (:func:`sparsesearch.search.study_result`: the best trial replayed and tested once).
 - :func:`resume_hint` is the line printed after Ctrl-C.
 
-Counting rule: a worker starts a trial only while ``COMPLETE + RUNNING < max_complete``
-(otherwise it waits, polling with backoff, failing stale trials of dead workers as it goes);
-after ``ask`` it re-checks, and a trial that would exceed the count (another worker asked at the
-same moment: the lower trial number wins) is PRUNED with user attribute ``surplus`` and, when it
-came from the queue, queued again. A trial that ends PRUNED or FAIL frees its place.
+How several workers keep the trial count exact: :mod:`sparsesearch.runner` (its "counting rule").
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from sparsesearch.cli import main, scrub
+from sparsesearch.errors import SparsesearchError
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "studies" / "digits-mlp.toml"
@@ -254,6 +255,27 @@ def test_a_bug_exits_1_with_a_traceback(monkeypatch, capsys):
     assert cli.main(["strategies"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "internal error" in err
+
+
+@pytest.mark.parametrize("exc, status", [
+    (ValueError("a check deep in the code"), 1),  # not a message for the user: a bug
+    (OSError("no filename: not about a path the user gave"), 1),
+    (SparsesearchError("the user's mistake"), 2),
+    (FileNotFoundError(2, "No such file or directory", "missing.pt"), 2),
+])
+def test_only_sparsesearch_errors_and_file_errors_are_user_errors(monkeypatch, capsys, exc, status):
+    import sparsesearch.cli as cli
+
+    def fail(args):
+        raise exc
+
+    monkeypatch.setattr(cli, "cmd_strategies", fail)
+    assert cli.main(["strategies"]) == status
+    err = capsys.readouterr().err
+    if status == 2:
+        assert err.count("\n") == 1 and "Traceback" not in err and str(exc).split(":")[0] in err
+    else:
+        assert "Traceback" in err and "internal error" in err
 
 
 def test_scrub_masks_passwords():

@@ -230,7 +230,7 @@ def test_needs_gradients_but_does_not_require_data():
             return (layer.weight * context.gradient(layer)).abs()
 
     msg = _fails(ForgotRequiresData())
-    assert "raised ValueError: no gradient for layer '0'" in msg
+    assert "raised StrategyError: no gradient for layer '0'" in msg
     assert "requires_data=False" in msg and "set requires_data = True" in msg
 
 
