@@ -96,11 +96,22 @@ def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return max(runs, key=lambda r: r["val"])  # first (lowest lr) on ties
 
 
-def run_cell(model: str, data: str, fraction: float, seed: int, runs: Path) -> dict[str, Any]:
+def run_cell(model: str, data: str, fraction: float, seed: int, runs: Path,
+             stored: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One cell: search() and every baseline. With ``stored`` (a cell measured before), only
+    search() runs again; the baselines are kept when search() spent the same epochs (they are
+    given exactly that compute), else they run again too."""
     torch.set_num_threads(1)
     dense, splits, dense_test = _dense(model, data, seed, runs)
     out: dict[str, Any] = {"model": model, "data": data, "fraction": fraction, "seed": seed,
                            "dense_test": dense_test, "dense_val": evaluate(dense, splits.val)}
+    out["search"] = _run_search(dense, data, fraction, seed)
+    if stored is not None and stored["search"]["epochs"] == out["search"]["epochs"]:
+        return {**stored, "search": out["search"]}
+    return _baselines(out, dense, splits, fraction, seed)
+
+
+def _run_search(dense: torch.nn.Module, data: str, fraction: float, seed: int) -> dict[str, Any]:
     # search() at its defaults (the dense model given trained, as a user with a model would)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,7 +119,7 @@ def run_cell(model: str, data: str, fraction: float, seed: int, runs: Path) -> d
                                 runs_dir=tmp, study_name="bench",
                                 model_kwargs=None)
         trials = r.study.trials
-        out["search"] = {
+        return {
             "val": r.val_accuracy, "test": r.test_accuracy, "params": r.params,
             "epochs": r.epochs_trained, "seconds": time.perf_counter() - t0,
             "trials": len(trials), "final_from": r.best_trial.user_attrs.get("finalist_of"),
@@ -116,6 +127,10 @@ def run_cell(model: str, data: str, fraction: float, seed: int, runs: Path) -> d
             "temperature": r.best_trial.params.get("alloc:temperature"),
             "lr": r.best_trial.params.get("lr"),
         }
+
+
+def _baselines(out: dict[str, Any], dense: torch.nn.Module, splits: Any, fraction: float,
+               seed: int) -> dict[str, Any]:
     budget_epochs = out["search"]["epochs"]
     each = max(1, budget_epochs // len(LRS))
     layers = find_layers(dense)
@@ -251,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", default=None, help="model:fraction cells, e.g. lenet5:0.005")
     ap.add_argument("--render", action="store_true", help="only print the table of stored results")
     ap.add_argument("--redo", action="store_true", help="recompute cells already stored")
+    ap.add_argument("--redo-search", action="store_true",
+                    help="run search() again in stored cells, keeping their baselines where it spent "
+                         "the same epochs (after a change to search() alone)")
     ap.add_argument("--doc", action="store_true", help="only rewrite the docs/benchmarks.md section")
     args = ap.parse_args(argv)
     cells = load()
@@ -267,13 +285,15 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for seed in args.seeds:
                 key = f"{model}:{data}:{f}:{seed}"
-                if args.redo or key not in cells:
+                if args.redo or args.redo_search or key not in cells:
                     todo.append((model, data, f, seed))
     runs = ROOT / "benchmarks" / "results" / "runs"
     # the dense models first, one process per (model, seed), so the cells share the cache
     with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(_dense_only, sorted({(m, d, s) for m, d, _, s in todo}), [runs] * len(todo)))
-        futures = {pool.submit(run_cell, m, d, f, s, runs): (m, d, f, s) for m, d, f, s in todo}
+        futures = {pool.submit(run_cell, m, d, f, s, runs,
+                               cells.get(f"{m}:{d}:{f}:{s}") if args.redo_search else None): (m, d, f, s)
+                   for m, d, f, s in todo}
         for fut in cf.as_completed(futures):
             r = fut.result()
             cells[_key(r)] = r

@@ -74,8 +74,8 @@ class ComputeBudget:
     epochs: float | None = option(None, kind="number>0", doc=(
         "the study's fine-tuning compute: epochs over the training split, screening and "
         "finalists (default 4 x the dense epochs)"))
-    final_share: float = option(0.7, kind="fraction", doc=(
-        "share of the compute for the finalists (default 0.7)"))
+    final_share: float = option(0.8, kind="fraction", doc=(
+        "share of the compute for the finalists (default 0.8)"))
     finalists: int = option(1, kind="int>=0", doc=(
         "screening trials retrained at full fidelity (default 1; 0 = none)"))
     final_lr_scales: tuple[float, ...] = option((1.0,), kind="list", doc=(

@@ -792,7 +792,7 @@ def _search(
         strategies: strategy names searched over (a categorical dimension).
         compute: the study's fine-tuning compute: epochs (a number) or a
             :class:`sparsesearch.ComputeBudget` / dict of its fields (default: 4 × the dense
-            training's epochs, 70% of it for the finalist).
+            training's epochs, 80% of it for the finalist).
         n_trials: at most this many screening trials in this call (default: until the
             screening share of ``compute`` is spent).
         timeout: seconds of screening in this call (the finalists still train).
