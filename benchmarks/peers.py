@@ -402,6 +402,46 @@ def render(cells: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def render_summary(cells: dict[str, dict[str, Any]]) -> str:
+    """Per target, sparsesearch against the best peer (by mean test accuracy): the done-when of
+    issue 12 (accuracy ≥ each peer's at no more of the target, latency, wall time vs FastNAS).
+    Means over the seeds both have."""
+    lines = ["| model / target | seeds | sparsesearch − best peer (test pts) | best peer | "
+             "sparsesearch − FastNAS | size vs best peer (target unit) | b64 latency vs best peer | "
+             "search s / FastNAS s (pruning only; with fine-tuning) |",
+             "|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple, dict[str, dict[int, dict[str, Any]]]] = {}
+    for r in cells.values():
+        groups.setdefault((r["model"], r["kind"], r["fraction"]), {}).setdefault(r["method"], {})[r["seed"]] = r
+    kinds = {"params": 0, "macs": 1}
+    for (model, kind, fraction), by in sorted(groups.items(), key=lambda kv: (kv[0][0], kinds[kv[0][1]], -kv[0][2])):
+        if "sparsesearch" not in by:
+            continue
+        seeds = set(by["sparsesearch"])
+        for m in PEERS:
+            seeds &= set(by.get(m, {}))
+        if not seeds:
+            continue
+
+        def mean(method: str, f: Any) -> float:
+            return statistics.mean(f(by[method][s]) for s in seeds)
+
+        test = {m: mean(m, lambda r: r["test"]) for m in METHODS}
+        best = max(PEERS, key=lambda m: test[m])
+        ss = "sparsesearch"
+        size = mean(ss, lambda r: r[kind]) / mean(best, lambda r: r[kind])
+        lat = mean(ss, lambda r: r["latency"]["b64"]["pruned"]) / mean(best, lambda r: r["latency"]["b64"]["pruned"])
+        t_ss = mean(ss, lambda r: r["seconds"])
+        t_fn, t_fn_all = mean("fastnas", lambda r: r["seconds_search"]), mean("fastnas", lambda r: r["seconds"])
+        lines.append("| " + " | ".join([
+            f"{model} / {fraction * 100:g} % {kind}", str(len(seeds)),
+            f"{(test[ss] - test[best]) * 100:+.1f}", f"{best} ({test[best] * 100:.1f})",
+            f"{(test[ss] - test['fastnas']) * 100:+.1f}", f"{size:.2f}×", f"{lat:.2f}×",
+            f"{t_ss / t_fn:.1f}×; {t_ss / t_fn_all:.1f}×",
+        ]) + " |")
+    return "\n".join(lines)
+
+
 DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- peers:start -->", "<!-- peers:end -->"
 
@@ -423,6 +463,11 @@ def doc_section(cells: dict[str, dict[str, Any]]) -> str:
         "interleaved, 1 thread, on 2 shared cores (noisy). Wall time in seconds, on those shared cores.",
         "",
         render(cells),
+        "",
+        "sparsesearch against the best peer at each target (means over the seeds that every method "
+        "has; latency: the compacted models' b64 medians, which depend on the machine's load):",
+        "",
+        render_summary(cells),
         "",
         "Protocol (from the script's docstring):",
         "",
@@ -506,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     cells = load(path)
     if args.render:
         print(render(cells))
+        print()
+        print(render_summary(cells))
         return 0
     if args.doc:
         write_doc(cells)
