@@ -366,9 +366,13 @@ class _Objective:
     def _run(self, trial: optuna.Trial, attrs: dict[str, Any]) -> Any:
         """The trial; what it records goes into ``attrs`` (written by :meth:`__call__`)."""
         phase = trial.user_attrs.get(record.PHASE, record.SCREEN)
-        study = trial.study
-        if phase == record.SCREEN and not self.multi_objective and study.user_attrs.get(record.FINALS_ENQUEUED):
-            # another worker closed the screening while this trial was being created
+        screen = phase == record.SCREEN
+        # a screening trial reads the study once: what other workers did meanwhile
+        trials = trial.study.get_trials(deepcopy=False) if screen else []
+        if screen and not self.multi_objective and any(
+                t.user_attrs.get(record.PHASE) == record.FINAL for t in trials):
+            # another worker closed the screening (enqueued the finalists) while this trial
+            # was being created
             attrs.update({record.EPOCHS: 0, record.STOP_REASON: "screening closed: the finalists are training"})
             raise optuna.TrialPruned("screening closed")
         heuristic = trial.user_attrs.get(record.HEURISTIC)
@@ -420,11 +424,9 @@ class _Objective:
         if plan.metric == "params":
             attrs[record.PARAMS] = int(expected)  # the planned count; the measured one replaces it
 
-        screen = phase == record.SCREEN
         max_epochs = settings["epochs"]
         # screening: what is left of its share of the compute when this trial starts
-        left = (self.compute.screen_epochs - epochs_spent(study.get_trials(deepcopy=False), record.SCREEN)
-                if screen else math.inf)
+        left = self.compute.screen_epochs - epochs_spent(trials, record.SCREEN) if screen else math.inf
         if screen:
             self.screen_left = left  # less this trial's epochs, once it ends (__call__)
         if left < 1:  # another worker spent the last of it meanwhile
