@@ -11,7 +11,8 @@ Two ratios: per trial (Optuna's trial duration: sampling, allocation, masks, fin
 evaluation and the storage writes made during the trial) and end to end (``search()`` wall
 time, one-time setup included, divided by the number of trials).
 
-Run alone:  .venv/bin/python benchmarks/overhead.py [--quick]
+Run alone:  .venv/bin/python benchmarks/overhead.py [--quick] [--storages sqlite,journal,memory]
+(writes benchmarks/results/overhead.json, or --out)
 """
 
 from __future__ import annotations
@@ -180,12 +181,24 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=None, help="rounds (default 3, --quick 1)")
+    p.add_argument("--storages", default="sqlite,memory",
+                   help="comma-separated: sqlite (the default storage), sqlite-wal, journal, memory")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "overhead.json"),
+                   help="where the result is written as JSON (also printed)")
     args = p.parse_args(argv)
     C.set_threads(args.threads)
     cfg = C.QUICK if args.quick else C.Config()
-    res = [measure("lenet300", "mnist-5k", cfg, rounds=1 if args.quick else 3,
-                   n_trials=6 if args.quick else 12, storages=("sqlite", "memory"))]
-    print(json.dumps(res, indent=1, default=float))
+    started = time.strftime("%Y-%m-%d %H:%M")
+    res = measure("lenet300", "mnist-5k", cfg, rounds=args.rounds or (1 if args.quick else 3),
+                  n_trials=6 if args.quick else 12, storages=tuple(args.storages.split(",")))
+    doc = {"command": " ".join(["benchmarks/overhead.py", *(argv if argv is not None else sys.argv[1:])]),
+           "started": started, "machine": C.machine(), "code": C.git_revision(),
+           "load_after": C.load_average(), "results": [res]}
+    text = json.dumps(doc, indent=1, default=float)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
