@@ -145,6 +145,16 @@ class ComputeBudget:
             return self
         return dataclasses.replace(self, epochs=float(COMPUTE_PER_DENSE * max(dense_epochs, 1)))
 
+    def leaving_screening(self, trial_epochs: int) -> "ComputeBudget":
+        """This budget, with the finalists' share lowered where the screening it leaves could
+        not complete a single trial of ``trial_epochs`` (a finalist needs a screened trial):
+        the screening then gets exactly ``trial_epochs``, the finalists the rest."""
+        whole = int(math.floor(self.total + 1e-9))
+        if not self.final_runs or self.screen_epochs >= trial_epochs or whole <= trial_epochs:
+            return self
+        # final_epochs() = floor((whole - trial_epochs + 0.5) / runs): the screening keeps trial_epochs
+        return dataclasses.replace(self, final_share=(whole - trial_epochs + 0.5) / self.total)
+
     @property
     def total(self) -> float:
         if self.epochs is None:

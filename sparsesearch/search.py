@@ -894,6 +894,14 @@ def _search(
     dense_epochs = dense_settings.resolved_epochs(len(splits.train))
     space = space.resolve(len(splits.train))
     budget_compute = budget_compute.resolve(dense_epochs)
+    trial_epochs = space.epochs[0] if isinstance(space.epochs, tuple) else space.epochs
+    fitted = budget_compute.leaving_screening(int(trial_epochs))
+    if fitted != budget_compute:
+        log.warning("a compute budget of %g epochs at final_share %g leaves the screening %d epochs, "
+                    "less than one %d-epoch trial: the finalists get %d epochs each instead",
+                    budget_compute.total, budget_compute.final_share, budget_compute.screen_epochs,
+                    trial_epochs, fitted.final_epochs())
+        budget_compute = fitted
     total_params = count_params(dense_model).total
     dense_val = evaluate(dense_model, splits.val, device=torch_device)
     if dense_val <= 1.5 / max(splits.num_classes, 2):
