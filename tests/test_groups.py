@@ -33,12 +33,7 @@ from sparsesearch.strategy import ScoreContext
 HEURISTICS = ("uniform", "global", "lamp", "erk")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class ConvBNHead(nn.Module):
