@@ -36,7 +36,7 @@ and wall time (pruning or search, fine-tuning). One torch thread.
 Usage::
 
     python benchmarks/peers.py                          # the full grid (resumable)
-    python benchmarks/peers.py --quick                  # 1 seed, 2 epochs per lr, 1 target
+    python benchmarks/peers.py --quick                  # resnet8 at 15 % MACs, 1 seed, 3 epochs per lr
     python benchmarks/peers.py --only bn-cnn:params0.1 --methods fastnas --seeds 0
     python benchmarks/peers.py --latency                # re-time all stored models of a cell together
     python benchmarks/peers.py --render                 # docs table from the stored results
@@ -84,9 +84,10 @@ SEEDS = (0, 1, 2)
 # the top of (3e-4, 1e-3, 3e-3), so its grid is one step up
 LRS = {"bn-cnn": (3e-4, 1e-3, 3e-3), "resnet8": (1e-3, 3e-3, 1e-2)}
 EPOCHS = 8          # per learning rate: a peer fine-tunes 3 × 8 = 24 epochs, the search gets 24
-QUICK_EPOCHS = 2
+QUICK_EPOCHS = 3    # the search's compute is then 9 epochs: less leaves it no complete trial
 FASTNAS_DIVISOR = 4
 TP_STEPS = 14
+MODEL_PREFIX = ""  # "quick-" for --quick, whose models must not replace the full run's
 
 
 class BNCNN(nn.Module):
@@ -310,11 +311,15 @@ def run_cell(model: str, kind: str, fraction: float, seed: int, method: str, epo
         out["latency"][f"b{b}"] = {"dense": lat["dense"][0], "pruned": lat["pruned"][0],
                                    "ratio": lat["pruned"][0] / lat["dense"][0]}
     RUNS.mkdir(parents=True, exist_ok=True)
-    torch.save(final, RUNS / f"{_key(out).replace(':', '_')}.pt")  # for a joint latency pass
+    torch.save(final, _model_file(out))  # for the joint latency pass
     return out
 
 
 # -- results -----------------------------------------------------------------------------------
+
+
+def _model_file(r: dict[str, Any]) -> Path:
+    return RUNS / f"{MODEL_PREFIX}{_key(r).replace(':', '_')}.pt"
 
 
 def _key(r: dict[str, Any]) -> str:
@@ -505,13 +510,13 @@ def joint_latency(path: Path, cells: dict[str, dict[str, Any]], epochs: int) -> 
         dense, splits = dense_model(model, seed)
         nets = {"dense": dense}
         for r in rs:
-            f = RUNS / f"{_key(r).replace(':', '_')}.pt"
+            f = _model_file(r)
             if f.is_file():
                 nets[r["method"]] = torch.load(f, weights_only=False).eval()
         if len(nets) < 2:
             continue
         for b in (1, 64):
-            lat = interleaved_latency(nets, example(splits, b) + 0.1, rounds=5, min_run_time=0.2)
+            lat = interleaved_latency(nets, example(splits, b) + 0.1, rounds=5, min_run_time=0.1)
             for r in rs:
                 if r["method"] in nets:
                     r["latency"][f"b{b}"] = {"dense": lat["dense"][0], "pruned": lat[r["method"]][0],
@@ -529,7 +534,7 @@ def _dense_only(cell: tuple[str, int]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="1 seed, 2 epochs per lr, bn-cnn at 30 %% params; "
+    ap.add_argument("--quick", action="store_true", help="1 seed, 3 epochs per lr, resnet8 at 15 %% MACs; "
                     "results in peers-quick.json, docs untouched")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--seeds", type=int, nargs="*", default=None)
@@ -545,12 +550,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="results file (default benchmarks/results/peers.json; the dense cache "
                          "and the models go to runs/peers beside it)")
     args = ap.parse_args(argv)
-    global RUNS
+    global RUNS, MODEL_PREFIX
+    MODEL_PREFIX = "quick-" if args.quick else ""
     path = args.results or (QUICK_RESULTS if args.quick else RESULTS)
     RUNS = path.resolve().parent / "runs" / "peers"
     epochs = QUICK_EPOCHS if args.quick else EPOCHS
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else list(SEEDS))
-    only = args.only if args.only is not None else (["bn-cnn:params0.3"] if args.quick else None)
+    only = args.only if args.only is not None else (["resnet8:macs0.15"] if args.quick else None)
     cells = load(path)
     if args.render:
         print(render(cells))
