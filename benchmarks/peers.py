@@ -338,7 +338,8 @@ def save(path: Path, new: dict[str, dict[str, Any]], epochs: int) -> None:
     from filelock import FileLock
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
+    RUNS.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(RUNS / f"{path.name}.lock")):  # under runs/: ignored by git
         merged = load(path)
         merged.update(new)
         _write(path, merged, epochs)
