@@ -67,13 +67,14 @@ def test_run_then_resume(ran):
     assert "trial 1/5" not in second.stderr
     assert "Traceback" not in first.stderr + second.stderr
     assert "epochs " in first.stderr and " final" in first.stderr  # compute spent; the finalists
-    # 5 screening trials, then the best retrained as the finalist: the study is complete, so
-    # running it again adds nothing and shows the same final model
-    assert "6 trials in sqlite:///X.db" in first.stdout
-    assert "6 trials in sqlite:///X.db" in second.stdout
-    assert "best trial #" in second.stdout
+    # screening trials (the 4 seeds first), then the best retrained as the finalist: the study
+    # is complete, so running it again adds nothing and shows the same final model
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{cwd / 'X.db'}")
-    assert len(study.trials) == 6
+    n = len(study.trials)
+    assert n >= 5
+    assert f"{n} trials in sqlite:///X.db" in first.stdout
+    assert f"{n} trials in sqlite:///X.db" in second.stdout
+    assert "best trial #" in second.stdout
     assert sum(t.user_attrs.get("phase") == "final" for t in study.trials) == 1
     assert study.user_attrs["epochs_trained"] <= 40
     seeds = [t for t in study.trials if t.user_attrs.get("heuristic") and t.user_attrs.get("phase") != "final"]
@@ -152,7 +153,7 @@ def test_optuna_cli_reads_the_study(ran):
     )
     assert proc.returncode == 0, proc.stderr
     trials = json.loads(proc.stdout)
-    assert len(trials) == 6
+    assert len(trials) == len(optuna.load_study(study_name="t", storage=f"sqlite:///{cwd / 'X.db'}").trials)
     complete = [t for t in trials if t["state"] == "COMPLETE"]
     assert complete and all("params" in t["user_attrs"] and "sparsity" in t["user_attrs"] for t in complete)
 
