@@ -20,8 +20,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from sparsesearch.compact.handlers import Unsupported
-from sparsesearch.compact.propagate import OnNorm, ZeroAnalysis
+from sparsesearch.compact.errors import Unsupported
+from sparsesearch.compact.propagate import OnNorm, Rules, ZeroAnalysis
 from sparsesearch.compact.trace import Shapes, describe
 
 
@@ -56,6 +56,7 @@ class ChannelAnalysis(ZeroAnalysis):
         modules: Mapping[str, nn.Module],
         shapes: Shapes,
         *,
+        rules: Rules,
         pinned_modules: Mapping[str, str] | None = None,
         on_norm: OnNorm | None = None,
     ) -> None:
@@ -69,7 +70,7 @@ class ChannelAnalysis(ZeroAnalysis):
         self.producers: list[tuple[str, fx.Node, torch.Tensor]] = []
         self.resize: dict[str, Resize] = {}
         self.balance: list[tuple[str, fx.Node, fx.Node | None, int]] = []
-        super().__init__(gm, modules, pinned_modules=pinned_modules, on_norm=on_norm)
+        super().__init__(gm, modules, rules=rules, pinned_modules=pinned_modules, on_norm=on_norm)
 
     # -- shapes --------------------------------------------------------------------------------
 

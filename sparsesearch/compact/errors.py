@@ -9,5 +9,9 @@ class CompactionError(SparsesearchError):
     """The compacted model does not compute what the masked model computes (names the group)."""
 
 
+class Unsupported(Exception):
+    """Raised by an op handler: this node cannot be compacted (the message says why)."""
+
+
 class CompactionWarning(UserWarning):
     """Pruned channels that could not be removed, or a model that could not be compacted."""

@@ -19,7 +19,7 @@ import torch.fx as fx
 from torch import nn
 
 from sparsesearch.compact.channels import ChannelAnalysis
-from sparsesearch.compact.ops import NORM
+from sparsesearch.compact.ops import NORM, handler_for
 from sparsesearch.compact.trace import TraceFailure, numel, record_shapes, strip_masks, trace
 from sparsesearch.errors import SparsesearchError
 from sparsesearch.layers import find_layers
@@ -205,7 +205,7 @@ def dependency_graph(
                     m.bias.zero_()
         gm = trace(work)
         shapes = record_shapes(gm, example_input)
-        analysis = ChannelAnalysis(gm, modules, shapes, pinned_modules=other)
+        analysis = ChannelAnalysis(gm, modules, shapes, rules=handler_for, pinned_modules=other)
         graph = _build_graph(analysis, names, shapes, numel(work), example_input, work)
     except TraceFailure as exc:
         raise SparsesearchError(str(exc)) from None

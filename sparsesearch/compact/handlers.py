@@ -16,16 +16,13 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from sparsesearch.compact.trace import describe
+from sparsesearch.compact.errors import Unsupported
+from sparsesearch.compact.trace import describe, nodes_in
 
 if TYPE_CHECKING:
     from sparsesearch.compact.propagate import ZeroAnalysis
 
 Handler = Callable[["ZeroAnalysis", fx.Node, Any], bool]
-
-
-class Unsupported(Exception):
-    """Raised by a handler: this node cannot be compacted (the message says why)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -36,12 +33,6 @@ def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
     if len(node.args) > index:
         return node.args[index]
     return node.kwargs.get(name, default)
-
-
-def nodes_in(value: Any) -> list[fx.Node]:
-    found: list[fx.Node] = []
-    fx.node.map_arg(value, lambda n: found.append(n) or n)
-    return found
 
 
 def _first(node: fx.Node) -> Any:

@@ -20,7 +20,7 @@ from torch import nn
 
 from sparsesearch.compact.channels import ChannelAnalysis
 from sparsesearch.compact.errors import CompactionWarning
-from sparsesearch.compact.ops import NORM
+from sparsesearch.compact.ops import NORM, handler_for
 from sparsesearch.compact.propagate import ZeroAnalysis
 from sparsesearch.compact.trace import TraceFailure, record_shapes, trace
 from sparsesearch.masks import apply_mask, get_mask
@@ -82,9 +82,9 @@ def dependent_masks(model: nn.Module, example_input: Any = None) -> dict[str, in
             model.train(was)
     try:
         if shapes is None:
-            ZeroAnalysis(gm, modules, on_norm=on_norm)
+            ZeroAnalysis(gm, modules, rules=handler_for, on_norm=on_norm)
         else:
-            ChannelAnalysis(gm, modules, shapes, on_norm=on_norm)
+            ChannelAnalysis(gm, modules, shapes, rules=handler_for, on_norm=on_norm)
     except Exception as exc:  # noqa: BLE001
         warnings.warn(
             f"sparsesearch.dependent_masks: analysis failed ({type(exc).__name__}: {exc})",

@@ -16,7 +16,7 @@ channel classes, :class:`~sparsesearch.compact.channels.ChannelAnalysis`), ``nod
 input channels they come from (``a.channelwise(node, src, zero_preserving)`` for "channel ``i``
 out is computed from channel ``i`` in alone", else ``a.align``, ``a.consume``, ``a.pin``). It
 returns True when it understood the node, False when it did not, or raises
-:class:`~sparsesearch.compact.handlers.Unsupported` with a reason. A node not understood, or
+:class:`~sparsesearch.compact.errors.Unsupported` with a reason. A node not understood, or
 without a handler, keeps every channel it touches, and :func:`~sparsesearch.compact.compact`
 reports it as ``"<layer or op> is not supported (<reason>)"``.
 
@@ -38,11 +38,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsesearch.compact import handlers as h
-from sparsesearch.compact.handlers import Handler, Unsupported, channelwise
+from sparsesearch.compact.errors import Unsupported
+from sparsesearch.compact.handlers import Handler, channelwise
+from sparsesearch.compact.propagate import CONV
 
 __all__ = ["CONV", "NORM", "Handler", "Unsupported", "channelwise", "handler_for", "register_op"]
 
-CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 NORM = (nn.modules.batchnorm._NormBase,)  # BatchNorm*, SyncBatchNorm, InstanceNorm*
 
 MODULE_OPS: dict[type, Handler] = {}  # nn.Module subclass -> handler (looked up along the MRO)

@@ -8,7 +8,9 @@ as far as channel counts can be read off the zeros themselves (flatten and resha
 :class:`~sparsesearch.compact.channels.ChannelAnalysis` adds the shapes and the channel classes
 that compaction and dependency groups need.
 
-``on_norm(node, norm, zeros_in)`` is called for each normalisation module with the zeros of
+The analysis is handed the op table's lookup (``rules``: :func:`~sparsesearch.compact.ops.handler_for`),
+so the handlers, which read the analysis, and the analysis, which calls them, do not import
+each other. ``on_norm(node, norm, zeros_in)`` is called for each normalisation module with the zeros of
 its input: :func:`~sparsesearch.compact.norms.dependent_masks` masks BatchNorms with it.
 """
 
@@ -20,12 +22,13 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from sparsesearch.compact import ops
-from sparsesearch.compact.handlers import Unsupported, nodes_in
-from sparsesearch.compact.ops import CONV
-from sparsesearch.compact.trace import describe
+from sparsesearch.compact.errors import Unsupported
+from sparsesearch.compact.trace import describe, nodes_in
 
+CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 OnNorm = Callable[[fx.Node, nn.Module, torch.Tensor], None]
+# the op table's lookup (sparsesearch.compact.ops.handler_for): node -> (handler or None, op)
+Rules = Callable[[fx.Node, Mapping[str, nn.Module]], "tuple[Callable[..., bool] | None, Any]"]
 
 
 class ZeroAnalysis:
@@ -45,11 +48,13 @@ class ZeroAnalysis:
         gm: fx.GraphModule,
         modules: Mapping[str, nn.Module],
         *,
+        rules: Rules,
         pinned_modules: Mapping[str, str] | None = None,
         on_norm: OnNorm | None = None,
     ) -> None:
         self.gm = gm
         self.modules = modules
+        self.rules = rules
         self.pinned_modules = dict(pinned_modules or {})
         self.on_norm = on_norm
         self.zero: dict[fx.Node, torch.Tensor | None] = {}
@@ -78,7 +83,7 @@ class ZeroAnalysis:
             self.calls.setdefault(node.target, []).append(node)
             if node.target in self.pinned_modules:
                 raise Unsupported(self.pinned_modules[node.target])
-        handler, op = ops.handler_for(node, self.modules)
+        handler, op = self.rules(node, self.modules)
         return handler is not None and bool(handler(self, node, op))
 
     def _unsupported(self, node: fx.Node, why: str = "") -> None:

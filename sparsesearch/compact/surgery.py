@@ -18,6 +18,7 @@ from torch import nn
 
 from sparsesearch.compact.channels import ChannelAnalysis
 from sparsesearch.compact.errors import CompactionError, CompactionWarning
+from sparsesearch.compact.ops import handler_for
 from sparsesearch.compact.trace import TraceFailure, numel, record_shapes, strip_masks, trace
 from sparsesearch.compact.verify import RunFailure, check_runs, verify
 from sparsesearch.errors import SparsesearchError
@@ -190,7 +191,7 @@ def compact(
                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
             ) from exc
         modules = dict(work.named_modules())
-        analysis = ChannelAnalysis(gm, modules, shapes, pinned_modules=other)
+        analysis = ChannelAnalysis(gm, modules, shapes, rules=handler_for, pinned_modules=other)
         analysis.decide()
         blocked, tied = analysis.report()
     except TraceFailure as exc:

@@ -153,3 +153,10 @@ def describe(node: fx.Node, modules: Mapping[str, nn.Module]) -> str:
     if src:
         parts.append(f"at {src}")
     return " ".join(parts)
+
+
+def nodes_in(value: Any) -> list[fx.Node]:
+    """The graph nodes inside ``value`` (an argument structure of a node)."""
+    found: list[fx.Node] = []
+    fx.node.map_arg(value, lambda n: found.append(n) or n)
+    return found

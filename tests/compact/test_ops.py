@@ -16,7 +16,7 @@ import sparsesearch
 from sparsesearch.compact import CompactionWarning, compact, register_op
 from sparsesearch.compact import ops
 from sparsesearch.compact import handlers
-from sparsesearch.compact.handlers import Unsupported
+from sparsesearch.compact.errors import Unsupported
 from sparsesearch.compact.ops import channelwise, handler_for
 
 

@@ -8,6 +8,7 @@ import torch
 from compact_models import pruned_model
 
 from sparsesearch.compact.channels import ChannelAnalysis
+from sparsesearch.compact.ops import handler_for
 from sparsesearch.compact.propagate import ZeroAnalysis
 from sparsesearch.compact.trace import record_shapes, trace
 from sparsesearch.masks import get_mask
@@ -21,8 +22,8 @@ def test_zeros_follow_masked_channels_with_and_without_shapes():
     pruned = (get_mask(model.features[2]).flatten(1) == 0).all(1)
     assert 0 < int(pruned.sum()) < pruned.numel()
 
-    free = ZeroAnalysis(gm, modules)
-    shaped = ChannelAnalysis(gm, modules, record_shapes(gm, x))
+    free = ZeroAnalysis(gm, modules, rules=handler_for)
+    shaped = ChannelAnalysis(gm, modules, record_shapes(gm, x), rules=handler_for)
     conv, pool, flat = nodes["features_2"], nodes["features_3"], nodes["classifier_0"]
     for a in (free, shaped):
         assert torch.equal(a.zero[conv], pruned)  # the conv's masked rows
