@@ -325,10 +325,10 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
 
 
 def trial_recipe(study: optuna.Study, trial: FrozenTrial, **extra: Any) -> Recipe:
-    recipe = Recipe.from_dict(trial.user_attrs["recipe"])
+    recipe = Recipe.from_dict(trial.user_attrs[record.RECIPE])
     return dataclasses.replace(
         recipe,
-        params=int(trial.user_attrs.get("params", recipe.params or 0)),
+        params=int(trial.user_attrs.get(record.PARAMS, recipe.params or 0)),
         extra={**recipe.extra, "study": study.study_name, "trial": trial.number,
                "val_accuracy": float(trial.values[0]), **extra},
     )
@@ -345,7 +345,7 @@ def _from_best_file(study: optuna.Study, trial: FrozenTrial, run_dir: Path) -> d
         return None
     if recipe.extra.get("study") != study.study_name or recipe.extra.get("trial") != trial.number:
         return None
-    stored = Recipe.from_dict(trial.user_attrs["recipe"])
+    stored = Recipe.from_dict(trial.user_attrs[record.RECIPE])
     same = ("strategy", "sparsity", "retrain", "seed", "strategy_params", "granularity")
     if any(getattr(recipe, f) != getattr(stored, f) for f in same):  # another study of that name
         return None
@@ -379,7 +379,7 @@ def example_batch(splits: Any, n: int = 2) -> torch.Tensor:
 
 
 def is_structured(trial: FrozenTrial) -> bool:
-    return trial.user_attrs.get("granularity") == "channel"
+    return trial.user_attrs.get(record.GRANULARITY) == "channel"
 
 
 def compacted(model: nn.Module, example: torch.Tensor):
@@ -447,7 +447,7 @@ def rebuild_trial(study: optuna.Study, trial: FrozenTrial, config: Any, *, runs_
     (and the data splits with ``return_splits``)."""
     torch_device = resolve_device(device or config.device)
     dense, splits = dense_for(study, config, runs_dir=runs_dir, device=torch_device)
-    recipe = Recipe.from_dict(trial.user_attrs["recipe"])
+    recipe = Recipe.from_dict(trial.user_attrs[record.RECIPE])
     model = apply_recipe(dense, recipe, splits, device=torch_device)
     model = make_permanent(model)
     val = evaluate(model, splits.val, device=torch_device)
@@ -481,7 +481,7 @@ def export_trial(
         recipe = trial_recipe(study, t)
         model_path, recipe_path = write_export(state, recipe, out)
         result = _with_counts(ExportResult(model_path, recipe_path, t.number,
-                                           int(t.user_attrs.get("params", 0)), stored, None,
+                                           int(t.user_attrs.get(record.PARAMS, 0)), stored, None,
                                            "best.pt"), study, t, None)
         if not programs:
             return result
@@ -495,7 +495,7 @@ def export_trial(
     model, val, splits = rebuild_trial(study, t, config, runs_dir=runs_dir, device=device, return_splits=True)
     # the trial's stored count is the budgeted one (structured trials: of the compacted model);
     # the uncompacted model's non-zeros are reported apart
-    params = int(t.user_attrs.get("params", count_params(model).remaining))
+    params = int(t.user_attrs.get(record.PARAMS, count_params(model).remaining))
     recipe = trial_recipe(study, t, rebuilt_val_accuracy=val)
     model_path, recipe_path = write_export(model, recipe, out)
     result = _with_counts(ExportResult(model_path, recipe_path, t.number, params, stored, val,
@@ -507,7 +507,7 @@ def _with_counts(result: ExportResult, study: optuna.Study, trial: FrozenTrial,
                  nonzero: int | None) -> ExportResult:
     metric = study.user_attrs.get(record.BUDGET_METRIC, "params")
     metric = metric if metric in ("params", "macs") else "params"
-    count = trial.user_attrs.get("params" if metric == "params" else "macs")
+    count = trial.user_attrs.get(record.PARAMS if metric == "params" else "macs")
     budget = study.user_attrs.get(record.budget_key(metric))
     return dataclasses.replace(
         result, budget_metric=metric,

@@ -26,6 +26,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from sparsesearch import record
 from sparsesearch.errors import SparsesearchError
 from sparsesearch.export import (
     compacted, config_from_study, dense_for, example_batch, rebuild_trial,
@@ -149,8 +150,8 @@ def _heuristic_bests(complete: Sequence[FrozenTrial]) -> dict[str, FrozenTrial]:
     is the search's result, not the heuristic's)."""
     out: dict[str, FrozenTrial] = {}
     for t in complete:
-        h = t.user_attrs.get("heuristic")
-        if not h or t.user_attrs.get("phase") == "final":
+        h = t.user_attrs.get(record.HEURISTIC)
+        if not h or t.user_attrs.get(record.PHASE) == record.FINAL:
             continue
         if h not in out or (_val(t), -t.number) > (_val(out[h]), -out[h].number):
             out[h] = t
@@ -204,7 +205,7 @@ def plot_learning_curves(study: optuna.Study, path: Path) -> Path:
         steps = sorted(t.intermediate_values)
         ys = [t.intermediate_values[k] for k in steps]
         values += ys
-        if t.user_attrs.get("phase") == "final":
+        if t.user_attrs.get(record.PHASE) == record.FINAL:
             kind, style = "finalist", dict(color="tab:red", linewidth=2.0, zorder=4)
         elif t.state == TrialState.PRUNED:
             kind, style = "stopped early", dict(color="0.7", linewidth=0.8, zorder=2)
@@ -222,7 +223,7 @@ def _importance_lines(study: optuna.Study) -> list[str]:
     """Optuna's parameter importances (fANOVA) over the COMPLETE screening trials, when there
     are enough of them to say anything."""
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("phase") != "final"]
+            if t.user_attrs.get(record.PHASE) != record.FINAL]
     if len(study.directions) > 1 or len(done) < 4:
         return []
     try:
@@ -273,14 +274,14 @@ def plot_history(study: optuna.Study, path: Path) -> Path:
     reported value) and the best so far."""
     trials = study.get_trials(deepcopy=False)
     fig, ax = _figure()
-    searched = [t for t in trials if t.state == TrialState.COMPLETE and not t.user_attrs.get("heuristic")]
-    seeds = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("heuristic")]
+    searched = [t for t in trials if t.state == TrialState.COMPLETE and not t.user_attrs.get(record.HEURISTIC)]
+    seeds = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get(record.HEURISTIC)]
     pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
     if searched:
         ax.scatter([t.number for t in searched], [_val(t) for t in searched], s=18,
                    color="tab:blue", label="searched", zorder=3)
-    for h in _ordered({t.user_attrs["heuristic"] for t in seeds}):
-        pts = [t for t in seeds if t.user_attrs["heuristic"] == h]
+    for h in _ordered({t.user_attrs[record.HEURISTIC] for t in seeds}):
+        pts = [t for t in seeds if t.user_attrs[record.HEURISTIC] == h]
         ax.scatter([t.number for t in pts], [_val(t) for t in pts], s=40, marker=_MARKERS.get(h, "o"),
                    color=_COLORS.get(h, "tab:gray"), label=f"seed: {h}", zorder=4)
     if pruned:
@@ -323,11 +324,11 @@ def plot_accuracy_vs_compute(study: optuna.Study, path: Path) -> Path:
     fig, ax = _figure()
     spent, xs = 0, {}
     for t in trials:
-        spent += int(t.user_attrs.get("epochs", 0) or 0)
+        spent += int(t.user_attrs.get(record.EPOCHS, 0) or 0)
         xs[t.number] = spent
     groups = {
-        "screening": [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("phase") != "final"],
-        "finalists": [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("phase") == "final"],
+        "screening": [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get(record.PHASE) != record.FINAL],
+        "finalists": [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get(record.PHASE) == record.FINAL],
         "stopped early": [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values],
     }
     style = {"screening": ("tab:blue", "o", 18), "finalists": ("tab:red", "*", 90), "stopped early": ("0.6", "x", 14)}
@@ -348,7 +349,7 @@ def plot_accuracy_vs_compute(study: optuna.Study, path: Path) -> Path:
             bx.append(xs[t.number])
             by.append(best)
         ax.step(bx, by, where="post", color="black", linewidth=1.2, label="best so far", zorder=4)
-    compute = (study.user_attrs.get("compute") or {}).get("epochs")
+    compute = (study.user_attrs.get(record.COMPUTE) or {}).get("epochs")
     if compute:
         ax.axvline(float(compute), color="0.4", linestyle="--", linewidth=1, label="compute budget")
     _ylim(ax, values, [_val(t) for t in groups["finalists"]])
@@ -363,10 +364,10 @@ def _compute_lines(study: optuna.Study, trials: Sequence[FrozenTrial], best: Fro
     compute = attrs.get("compute") or {}
     if not compute:
         return []
-    screen = [t for t in trials if t.user_attrs.get("phase", "screen") != "final"]
-    finals = [t for t in trials if t.user_attrs.get("phase") == "final"]
-    ep = lambda ts: sum(int(t.user_attrs.get("epochs", 0) or 0) for t in ts)  # noqa: E731
-    stopped = [t for t in screen if t.state == TrialState.PRUNED and t.user_attrs.get("epochs")]
+    screen = [t for t in trials if t.user_attrs.get(record.PHASE, record.SCREEN) != record.FINAL]
+    finals = [t for t in trials if t.user_attrs.get(record.PHASE) == record.FINAL]
+    ep = lambda ts: sum(int(t.user_attrs.get(record.EPOCHS, 0) or 0) for t in ts)  # noqa: E731
+    stopped = [t for t in screen if t.state == TrialState.PRUNED and t.user_attrs.get(record.EPOCHS)]
     full = [t for t in screen if t.state == TrialState.COMPLETE]
     out = ["## Compute: how it was spent and where the final model came from", ""]
     total = compute.get("epochs")
@@ -377,17 +378,17 @@ def _compute_lines(study: optuna.Study, trials: Sequence[FrozenTrial], best: Fro
                f"were stopped early by successive halving or the budget "
                f"({ep(stopped)} epochs).")
     if finals:
-        lengths = "/".join(str(n) for n in sorted({int(t.user_attrs.get("epochs", 0) or 0) for t in finals}))
-        sources = ", ".join(f"#{n}" for n in sorted({t.user_attrs.get("finalist_of", -1) for t in finals}))
-        scales = ", ".join(format(float(t.user_attrs.get("lr_scale", 1.0)), ".2g") for t in finals)
+        lengths = "/".join(str(n) for n in sorted({int(t.user_attrs.get(record.EPOCHS, 0) or 0) for t in finals}))
+        sources = ", ".join(f"#{n}" for n in sorted({t.user_attrs.get(record.FINALIST_OF, -1) for t in finals}))
+        scales = ", ".join(format(float(t.user_attrs.get(record.LR_SCALE, 1.0)), ".2g") for t in finals)
         out.append(f"- Finalists: {ep(finals)} epochs: {len(finals)} retraining{'s' if len(finals) != 1 else ''} of {sources} "
                    f"({lengths} epochs each, gradual pruning, learning-rate scales {scales}).")
-    if best is not None and best.user_attrs.get("phase") == "final":
-        src = best.user_attrs.get("finalist_of")
-        alloc = str(best.params.get("alloc:heuristic", best.user_attrs.get("heuristic") or "searched allocation"))
+    if best is not None and best.user_attrs.get(record.PHASE) == record.FINAL:
+        src = best.user_attrs.get(record.FINALIST_OF)
+        alloc = str(best.params.get("alloc:heuristic", best.user_attrs.get(record.HEURISTIC) or "searched allocation"))
         if "alloc:temperature" in best.params:
             alloc += f", temperature {best.params['alloc:temperature']:.2f}"
-        lr = (best.user_attrs.get("recipe") or {}).get("retrain", {}).get("lr", float("nan"))
+        lr = (best.user_attrs.get(record.RECIPE) or {}).get("retrain", {}).get("lr", float("nan"))
         out.append(f"- The final model is trial **#{best.number}**: screening trial #{src} ({alloc}) "
                    f"retrained at lr {lr:.3g}" + (", chosen on validation among the finalists."
                                                   if len(finals) > 1 else "."))
@@ -410,28 +411,28 @@ def plot_accuracy_vs_params(study: optuna.Study, path: Path) -> Path:
     attrs = study.user_attrs
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     fig, ax = _figure()
-    pts = [t for t in complete if isinstance(t.user_attrs.get("params"), (int, float))]
-    searched = [t for t in pts if not t.user_attrs.get("heuristic")]
-    seeds = [t for t in pts if t.user_attrs.get("heuristic")]
+    pts = [t for t in complete if isinstance(t.user_attrs.get(record.PARAMS), (int, float))]
+    searched = [t for t in pts if not t.user_attrs.get(record.HEURISTIC)]
+    seeds = [t for t in pts if t.user_attrs.get(record.HEURISTIC)]
     if searched:
-        ax.scatter([t.user_attrs["params"] for t in searched], [_val(t) for t in searched], s=18,
+        ax.scatter([t.user_attrs[record.PARAMS] for t in searched], [_val(t) for t in searched], s=18,
                    color="tab:blue", alpha=0.8, label="searched", zorder=3)
-    for h in _ordered({t.user_attrs["heuristic"] for t in seeds}):
-        hp = [t for t in seeds if t.user_attrs["heuristic"] == h]
-        ax.scatter([t.user_attrs["params"] for t in hp], [_val(t) for t in hp], s=44,
+    for h in _ordered({t.user_attrs[record.HEURISTIC] for t in seeds}):
+        hp = [t for t in seeds if t.user_attrs[record.HEURISTIC] == h]
+        ax.scatter([t.user_attrs[record.PARAMS] for t in hp], [_val(t) for t in hp], s=44,
                    marker=_MARKERS.get(h, "o"), color=_COLORS.get(h, "tab:gray"),
                    label=f"seed: {h}", zorder=4)
     if len(study.directions) > 1:
         front = sorted(
-            (t for t in study.best_trials if isinstance(t.user_attrs.get("params"), (int, float))),
-            key=lambda t: t.user_attrs["params"],
+            (t for t in study.best_trials if isinstance(t.user_attrs.get(record.PARAMS), (int, float))),
+            key=lambda t: t.user_attrs[record.PARAMS],
         )
         if front:
-            ax.step([t.user_attrs["params"] for t in front], [_val(t) for t in front], where="post",
+            ax.step([t.user_attrs[record.PARAMS] for t in front], [_val(t) for t in front], where="post",
                     color="black", linewidth=1.2, label="Pareto front", zorder=5)
     if pts:
         b = best_trial(study)
-        ax.scatter([b.user_attrs.get("params", 0)], [_val(b)], s=180, marker="*", color="gold",
+        ax.scatter([b.user_attrs.get(record.PARAMS, 0)], [_val(b)], s=180, marker="*", color="gold",
                    edgecolor="black", label=f"best (#{b.number})", zorder=6)
     budget = attrs.get("budget_params")
     if isinstance(budget, (int, float)):
@@ -439,7 +440,7 @@ def plot_accuracy_vs_params(study: optuna.Study, path: Path) -> Path:
     dense_val = attrs.get("dense_val_accuracy")
     if isinstance(dense_val, (int, float)):
         ax.axhline(dense_val, color="0.4", linestyle=":", linewidth=1, label=f"dense ({100 * dense_val:.2f} %)")
-    params = [t.user_attrs["params"] for t in pts]
+    params = [t.user_attrs[record.PARAMS] for t in pts]
     if params and min(params) > 0 and max(params) / max(min(params), 1) > 20:
         ax.set_xscale("log")
     values = [_val(t) for t in pts] + ([dense_val] if isinstance(dense_val, (int, float)) else [])
@@ -459,17 +460,17 @@ def plot_accuracy_vs_params(study: optuna.Study, path: Path) -> Path:
 def plot_layer_sparsity(best: FrozenTrial, path: Path, compare: FrozenTrial | None = None) -> Path:
     """Per-layer sparsity of the best trial (bars), with another trial's (e.g. the best
     heuristic's) as markers."""
-    sparsity: dict[str, float] = dict(best.user_attrs.get("sparsity") or {})
+    sparsity: dict[str, float] = dict(best.user_attrs.get(record.SPARSITY) or {})
     names = list(sparsity)
     fig, ax = _figure(7.0, max(2.5, 0.35 * len(names) + 1.5))
     ys = list(range(len(names)))
     ax.barh(ys, [100 * sparsity[n] for n in names], color="tab:blue", alpha=0.8,
             label=f"best (#{best.number})")
     if compare is not None:
-        other = compare.user_attrs.get("sparsity") or {}
+        other = compare.user_attrs.get(record.SPARSITY) or {}
         cx = [(i, 100 * other[n]) for i, n in enumerate(names) if n in other]
         if cx:
-            h = compare.user_attrs.get("heuristic") or f"#{compare.number}"
+            h = compare.user_attrs.get(record.HEURISTIC) or f"#{compare.number}"
             ax.scatter([x for _, x in cx], [i for i, _ in cx], marker=_MARKERS.get(h, "o"),
                        color=_COLORS.get(h, "tab:red"), zorder=3, label=f"{h} (#{compare.number})")
     ax.set_yticks(ys, labels=names, fontsize=8)
@@ -559,9 +560,9 @@ def _row(label: str, t: FrozenTrial | None, attrs: dict[str, Any], total: int | 
         return f"| {label} | — | — | — | — | — | — | — |"
     val = _val(t)
     se = standard_error(val, val_size) if val_size else None
-    params = t.user_attrs.get("params")
+    params = t.user_attrs.get(record.PARAMS)
     comp = f"{total / max(params, 1):.1f}×" if total and isinstance(params, (int, float)) else "—"
-    retrain = (t.user_attrs.get("recipe") or {}).get("retrain") or {}
+    retrain = (t.user_attrs.get(record.RECIPE) or {}).get("retrain") or {}
     lr = retrain.get("lr")
     return (
         f"| {label} | #{t.number} | {t.user_attrs.get('strategy', '—')} | {_pct(val)} | "
@@ -619,7 +620,7 @@ def write_report(
     images.append(("Validation accuracy vs remaining parameters",
                    plot_accuracy_vs_params(study, plots / "accuracy_vs_params.png")))
     best_heur = max(heur.values(), key=lambda t: (_val(t), -t.number)) if heur else None
-    if best is not None and best.user_attrs.get("sparsity"):
+    if best is not None and best.user_attrs.get(record.SPARSITY):
         images.append(("Per-layer sparsity of the best trial",
                        plot_layer_sparsity(best, plots / "layer_sparsity.png",
                                            compare=best_heur if best_heur is not best else None)))
@@ -668,7 +669,7 @@ def write_report(
             se = standard_error(dense_val, val_size) if val_size else None
             add(f"| dense | — | — | {_pct(dense_val)} | {'—' if se is None else f'±{100 * se:.2f}'} | "
                 f"{_pct(dense_test)} | {_int(total)} | 1.0× | — |")
-        label = "**best**" + (f" ({best.user_attrs['heuristic']} seed)" if best.user_attrs.get("heuristic") else "")
+        label = "**best**" + (f" ({best.user_attrs['heuristic']} seed)" if best.user_attrs.get(record.HEURISTIC) else "")
         add(_row(label, best, attrs, total, val_size))
         for h, t in heur.items():
             add(_row(h, t, attrs, total, val_size))
@@ -714,7 +715,7 @@ def write_report(
         add("| trial | val accuracy | params | compression | heuristic |")
         add("|---|---|---|---|---|")
         for t in sorted(study.best_trials, key=lambda t: t.values[1] if len(t.values) > 1 else 0):
-            params = t.user_attrs.get("params")
+            params = t.user_attrs.get(record.PARAMS)
             comp = f"{total / max(params, 1):.1f}×" if total and isinstance(params, (int, float)) else "—"
             add(f"| #{t.number} | {_pct(_val(t))} | {_int(params)} | {comp} | "
                 f"{t.user_attrs.get('heuristic') or ''} |")
@@ -725,13 +726,13 @@ def write_report(
     if best is not None:
         add(f"## The best trial (#{best.number})")
         add("")
-        recipe = best.user_attrs.get("recipe") or {}
+        recipe = best.user_attrs.get(record.RECIPE) or {}
         retrain = recipe.get("retrain") or {}
         if retrain:
             add("Fine-tuning: " + ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
                                             for k, v in retrain.items()))
             add("")
-        sparsity = best.user_attrs.get("sparsity") or {}
+        sparsity = best.user_attrs.get(record.SPARSITY) or {}
         if sparsity:
             add("| layer | sparsity | kept |")
             add("|---|---|---|")
@@ -742,7 +743,7 @@ def write_report(
             "`sparsesearch.apply_recipe(dense_model, recipe, data)`.")
         add("")
 
-    if latency and best is not None and best.user_attrs.get("granularity") == "channel":
+    if latency and best is not None and best.user_attrs.get(record.GRANULARITY) == "channel":
         add("## CPU latency (dense vs compacted best)")
         add("")
         lines.extend(_latency_section(study, best, runs_dir, config, best_model, trust))
@@ -753,7 +754,7 @@ def write_report(
         add(f"## Failed trials ({len(failed)})")
         add("")
         for t in failed[:10]:
-            reason = " ".join(str(t.user_attrs.get("fail_reason", "no reason stored")).split())
+            reason = " ".join(str(t.user_attrs.get(record.FAIL_REASON, "no reason stored")).split())
             add(f"- #{t.number}: {reason[:300]}")
         if len(failed) > 10:
             add(f"- … and {len(failed) - 10} more (`optuna trials` lists them)")
