@@ -268,7 +268,7 @@ def test_export_prints_the_budgeted_parameter_count(structured, tmp_path, capsys
     result, storage, tmp = structured
     study = optuna.load_study(study_name="s", storage=storage)
     trial = study.trials[result.best_trial.number]
-    # a channel trial counts its compacted model: fewer than the uncompacted non-zeros
+    # a channel trial counts its compacted model, in the unit of the budget
     stored, budget = trial.user_attrs["params"], study.user_attrs["budget_params"]
     line = _export_line(capsys, storage, "s", trial.number, tmp / "runs", tmp_path / "m.pt")
     assert f"trial #{trial.number} (rebuilt from the dense model): {stored:,} params (budget {budget:,} params)" in line
