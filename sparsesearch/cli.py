@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import re
-import signal
 import sys
 import time
 import traceback
@@ -36,7 +35,8 @@ from sparsesearch.storage import (
     run_folder, url_secrets,
 )
 from sparsesearch.train import resolve_device
-from sparsesearch.workers import Terminated, resume_hint, run_workers, terminate_like_interrupt
+from sparsesearch.interrupts import Terminated, handling_interrupts
+from sparsesearch.workers import resume_hint, run_workers
 
 __all__ = ["main", "build_parser"]
 
@@ -338,12 +338,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         callbacks.append(progress)
     torch.manual_seed(cfg.seed)  # the model's initial weights (and so the dense cache key)
     started = time.monotonic()
-    previous = terminate_like_interrupt()  # SIGTERM: like Ctrl-C, the trial FAILs with a reason
     try:
-        if workers > 1:
-            result = run_workers(workers, search_kwargs=dict(kwargs, callbacks=callbacks))
-        else:
-            result = search(**kwargs, callbacks=callbacks)
+        # SIGTERM like Ctrl-C (the trial FAILs with a reason); neither lands inside a storage write
+        with handling_interrupts():
+            if workers > 1:
+                result = run_workers(workers, search_kwargs=dict(kwargs, callbacks=callbacks))
+            else:
+                result = search(**kwargs, callbacks=callbacks)
     except KeyboardInterrupt as exc:  # the running trial is marked FAIL; say how to resume
         if progress is not None:
             progress.close()
@@ -354,8 +355,6 @@ def cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         if progress is not None:
             progress.close()
         handler.progress = None

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -35,6 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sparsesearch import record
 from sparsesearch.errors import SparsesearchError
+from sparsesearch.interrupts import Terminated, handling_interrupts
 from sparsesearch.models import locked_cache
 from sparsesearch.storage import _RUN_ATTRS, describe_storage_error, is_storage_error
 
@@ -47,7 +46,6 @@ __all__ = [
     "optimize_until",
     "run_study",
     "setup_owner",
-    "terminate_like_interrupt",
 ]
 
 log = logging.getLogger("sparsesearch")
@@ -210,22 +208,6 @@ def _optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], *, 
                 return
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: the running trial is marked FAIL with its reason."""
-
-
-def terminate_like_interrupt() -> Any:
-    """Make SIGTERM raise :class:`Terminated` in the main thread (like Ctrl-C); returns the
-    previous handler (None where signals cannot be set, e.g. not the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum: int, frame: Any) -> None:  # noqa: ARG001
-        raise Terminated
-
-    return signal.signal(signal.SIGTERM, handler)
-
-
 def _interrupt_reason(exc: BaseException) -> str:
     what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
     return (f"{what} while running: marked FAIL; its parameters are not queued again "
@@ -264,12 +246,13 @@ def run_study(
     failures turned into one :class:`SparsesearchError` line (password masked)."""
     objective = _recording_interrupts(objective)
     try:
-        if max_complete is not None:
-            optimize_until(study, objective, max_complete, n_trials=n_trials, timeout=timeout,
-                           callbacks=callbacks, catch=catch, show_progress_bar=show_progress_bar)
-        else:
-            _optimize(study, objective, n_trials=n_trials, timeout=timeout, callbacks=callbacks,
-                      catch=catch, show_progress_bar=show_progress_bar)
+        with handling_interrupts(sigterm=False):  # Ctrl-C never lands inside a storage write
+            if max_complete is not None:
+                optimize_until(study, objective, max_complete, n_trials=n_trials, timeout=timeout,
+                               callbacks=callbacks, catch=catch, show_progress_bar=show_progress_bar)
+            else:
+                _optimize(study, objective, n_trials=n_trials, timeout=timeout, callbacks=callbacks,
+                          catch=catch, show_progress_bar=show_progress_bar)
     except SparsesearchError:
         raise
     except Exception as exc:

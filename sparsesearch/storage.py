@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
+import inspect
 import logging
 import json
 import os
@@ -57,6 +58,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sparsesearch import record
 from sparsesearch.errors import SparsesearchError
+from sparsesearch.interrupts import shielded
 
 __all__ = [
     "HEARTBEAT_ATTR",
@@ -337,6 +339,19 @@ class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
 # journal storage with heartbeats
 
 
+def _shield_writes(cls: type) -> type:
+    """``cls`` whose storage methods are critical sections (:func:`interrupts.storage_call`):
+    Ctrl-C or SIGTERM during a commit or a journal append is raised once the call is done,
+    so no transaction is left half torn down and no journal line is cut."""
+    names = {n for n in dir(BaseStorage) if not n.startswith("_")}
+    names |= {"_get_stale_trial_ids", "record_heartbeat", "set_trial_user_attrs", "set_study_user_attrs"}
+    for name in sorted(names):
+        if callable(getattr(cls, name, None)) and not isinstance(
+                inspect.getattr_static(cls, name), (staticmethod, classmethod)):
+            setattr(cls, name, shielded(getattr(cls, name)))
+    return cls
+
+
 class _NotesWorker:
     """Heartbeats also record, once per trial, which worker runs it (``WORKER_ATTR``); a trial
     found stale gets its ``fail_reason`` before it is marked FAIL."""
@@ -361,6 +376,7 @@ class _NotesWorker:
         self.set_trial_system_attr(trial_id, WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
 
 
+@_shield_writes
 class HeartbeatJournalStorage(_NotesWorker, JournalStorage, BaseHeartbeat):
     """Optuna's journal storage with the heartbeat protocol of its RDB storage.
 
@@ -580,6 +596,7 @@ class _Retrier:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
+@_shield_writes
 class _RDBStorage(_NotesWorker, RDBStorage):
     """RDBStorage whose heartbeat thread survives a missed beat (a lost connection), which
     records the worker of a trial (``WORKER_ATTR``) and writes several attributes in one

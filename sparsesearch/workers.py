@@ -37,9 +37,9 @@ from sparsesearch.runner import (  # noqa: F401 - the runner's names, re-exporte
     optimize_until,
     run_study,
     setup_owner,
-    terminate_like_interrupt,
 )
 from sparsesearch._optuna import quiet_optuna
+from sparsesearch.interrupts import handling_interrupts
 from sparsesearch.search import prepare_dense_model, search, study_result
 from sparsesearch.storage import BaseStorage, make_storage, resolve_storage_spec, storage_label
 
@@ -78,10 +78,6 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:  # noqa: ARG001
-    raise Terminated
-
-
 def _worker_main(index: int, kwargs: dict[str, Any], threads: int, level: int, errors: Any,
                  rng_state: Any = None) -> None:
     """Entry point of a worker process (spawned): one ``search`` on the shared study."""
@@ -89,7 +85,6 @@ def _worker_main(index: int, kwargs: dict[str, Any], threads: int, level: int, e
         os.setpgrp()  # Ctrl-C reaches the parent only, which passes it on once
     except OSError:  # pragma: no cover
         pass
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # terminate: fail the trial cleanly too
     logger = logging.getLogger("sparsesearch")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -103,7 +98,8 @@ def _worker_main(index: int, kwargs: dict[str, Any], threads: int, level: int, e
         torch.set_num_threads(threads)
         if rng_state is not None:  # the parent's: same initial weights, same dense cache key
             torch.set_rng_state(rng_state)
-        search(**kwargs)
+        with handling_interrupts():  # terminate: fail the trial cleanly too, like Ctrl-C
+            search(**kwargs)
     except KeyboardInterrupt:
         sys.exit(130)
     except SparsesearchError as exc:

@@ -419,7 +419,7 @@ def test_the_engine_check_runs_on_the_authors_models():
         def score(self, layer, context):
             return layer.module._parameters["weight"].detach().abs()
 
-    with pytest.raises(StrategyContractError, match="prune\(\) on your model 'mine' at sparsity 0.75"):
+    with pytest.raises(StrategyContractError, match=r"prune\(\) on your model 'mine' at sparsity 0.75"):
         check_strategy(RawParameter(), models={"mine": (_Net(), torch.randn(4, 13))},
                        default_models=False)
 
