@@ -21,11 +21,12 @@ storage call); the study's set-up attributes together when it is created
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Container, Mapping
 
 from optuna.storages._cached_storage import _CachedStorage
+from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["budget_key", "study_attrs", "trial_attrs"]
+__all__ = ["budget_key", "study_attrs", "trial_attrs", "trials_at_ask"]
 
 FORMAT = "format"
 IDENTITY = "identity"  # what makes the study one problem (model, data, budget, seed, space, ...)
@@ -105,6 +106,14 @@ def study_attrs(study: Any, attrs: Mapping[str, Any]) -> None:
             study.set_user_attr(key, value)
         return
     batch(study._study_id, attrs)
+
+
+def trials_at_ask(study: Any, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+    """The study's trials (not copied) as read once for the running trial: Optuna's per-trial
+    snapshot, which it resets in ``study.ask`` and its own samplers share, so the sampler and
+    the objective of one trial make one storage read instead of one each. Only for use while a
+    trial runs (outside, the snapshot is the last trial's)."""
+    return study._get_trials(deepcopy=False, states=states, use_cache=True)
 
 
 def _batch(storage: Any, name: str) -> Any:

@@ -23,6 +23,7 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
+from sparsesearch import record
 from sparsesearch.errors import SparsesearchError
 
 __all__ = ["LocalTPESampler"]
@@ -64,7 +65,7 @@ class LocalTPESampler(optuna.samplers.BaseSampler):
     def _local_incumbent(self, study: optuna.Study, trial: FrozenTrial) -> FrozenTrial | None:
         """The trial to perturb when ``trial`` is a local move (a seeded share of the trials
         once the startup ones finished), else None. One read of the study's trials."""
-        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        finished = record.trials_at_ask(study, states=(TrialState.COMPLETE, TrialState.PRUNED))
         if len(finished) < self._n_startup or not self._rng(trial, 1).rand() < self._local_fraction:
             return None
         done = [t for t in finished if t.state == TrialState.COMPLETE]

@@ -367,8 +367,9 @@ class _Objective:
         """The trial; what it records goes into ``attrs`` (written by :meth:`__call__`)."""
         phase = trial.user_attrs.get(record.PHASE, record.SCREEN)
         screen = phase == record.SCREEN
-        # a screening trial reads the study once: what other workers did meanwhile
-        trials = trial.study.get_trials(deepcopy=False) if screen else []
+        # a screening trial reads the study once (the read its sampler made when it was asked
+        # for): what other workers did meanwhile
+        trials = record.trials_at_ask(trial.study) if screen else []
         if screen and not self.multi_objective and any(
                 t.user_attrs.get(record.PHASE) == record.FINAL for t in trials):
             # another worker closed the screening (enqueued the finalists) while this trial
