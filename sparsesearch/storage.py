@@ -344,7 +344,9 @@ def _shield_writes(cls: type) -> type:
     Ctrl-C or SIGTERM during a commit or a journal append is raised once the call is done,
     so no transaction is left half torn down and no journal line is cut."""
     names = {n for n in dir(BaseStorage) if not n.startswith("_")}
-    names |= {"_get_stale_trial_ids", "record_heartbeat", "set_trial_user_attrs", "set_study_user_attrs"}
+    names |= {"_get_stale_trial_ids", "record_heartbeat", "set_trial_user_attrs", "set_study_user_attrs",
+              # what Optuna's cache wrapper calls instead of the public names
+              "_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id"}
     for name in sorted(names):
         if callable(getattr(cls, name, None)) and not isinstance(
                 inspect.getattr_static(cls, name), (staticmethod, classmethod)):
