@@ -16,6 +16,7 @@ forgets the cache.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import importlib.metadata
 import os
@@ -27,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pluggy
 
 from sparsesearch import hookspecs
-from sparsesearch.errors import PluginError, PluginFailedError, StrategyError
+from sparsesearch.errors import PluginError, PluginFailedError, SparsesearchError, StrategyError
 from sparsesearch.strategy import Strategy
 
 __all__ = [
@@ -430,9 +431,18 @@ def reset_plugins() -> None:
 
 
 def register_plugin(plugin: Any, name: str | None = None) -> None:
-    """Register a plugin object directly (no entry point), e.g. from a notebook or a test."""
+    """Register a plugin object directly (no entry point), e.g. from a notebook or a test.
+    Without ``name`` it is named after the module or class (``__name__``, else the class name;
+    a number is appended when that name is taken), so messages can name it."""
     with _lock:
-        get_plugin_manager().register(plugin, name=name)
+        pm = get_plugin_manager()
+        if name is None:
+            base = getattr(plugin, "__name__", None) or type(plugin).__name__
+            name, n = base, 1
+            while pm.has_plugin(name):
+                n += 1
+                name = f"{base}-{n}"
+        pm.register(plugin, name=name)
 
 
 def collect(hook_name: str) -> list[tuple[tuple[str, str], tuple[Any, ...]]]:
@@ -453,7 +463,11 @@ def collect_named(
     The plugins are called once per plugin manager (cached, see
     :meth:`SparsesearchPluginManager.collect`); a plain ``pluggy.PluginManager`` is called
     every time. A name that is already in ``existing`` or registered twice, a non-callable, or
-    a plugin that raises gives one :class:`PluginError` naming the plugin.
+    a plugin that raises gives one :class:`PluginError` naming the plugin. The functions come
+    back wrapped: when one raises (a plugin's loader or factory with a bug of its own), the
+    caller gets a :class:`PluginFailedError` naming the dataset or model, the plugin and its
+    distribution, with the plugin's exception chained; a :class:`SparsesearchError` it raises on
+    purpose passes through.
     """
     pm = pm or get_plugin_manager()
     calls = pm.collect(hook_name) if isinstance(pm, SparsesearchPluginManager) else _collect(
@@ -472,8 +486,27 @@ def collect_named(
             raise PluginError(
                 f"plugin {source.plugin!r} registered {kind} {name!r}, which exists"
             )
-        registry[name] = function
+        registry[name] = _blaming(function, kind, name, source)
     return registry
+
+
+def _blaming(function: Callable[..., Any], kind: str, name: str,
+             source: PluginSource) -> Callable[..., Any]:
+    """``function``, whose failures are :class:`PluginFailedError` naming ``source``."""
+
+    @functools.wraps(function)  # keeps the signature: callers pass only what it accepts
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except SparsesearchError:
+            raise
+        except Exception as exc:
+            raise PluginFailedError(
+                f"{kind} {name!r} of {source} failed: {type(exc).__name__}: {exc}",
+                plugin=source.plugin, distribution=source.distribution,
+            ) from exc
+
+    return call
 
 
 def import_callable(spec: str, *, kind: str, error: type[Exception]) -> Callable[..., Any]:

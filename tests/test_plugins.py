@@ -289,6 +289,68 @@ def test_a_raising_register_hook_names_plugin_and_distribution(monkeypatch, tmp_
     assert isinstance(err.value.__cause__, RuntimeError)
 
 
+BUGGY_FACTORIES = """
+    import sparsesearch
+
+    def broken_digits(seed=0):
+        return {}["train"]          # a bug of the plugin's own
+
+    def broken_model(num_classes=10):
+        raise TypeError("unsupported operand")  # inside the body, not a bad argument
+
+    @sparsesearch.hookimpl
+    def sparsesearch_register_datasets(register):
+        register("broken-digits", broken_digits)
+
+    @sparsesearch.hookimpl
+    def sparsesearch_register_models(register):
+        register("broken-model", broken_model)
+"""
+
+
+def test_a_plugins_loader_or_factory_that_raises_is_blamed_on_the_plugin(monkeypatch, tmp_path):
+    from sparsesearch.data import load_dataset
+    from sparsesearch.errors import PluginFailedError
+    from sparsesearch.models import build_model
+
+    install(monkeypatch, tmp_path, "buggy-factories", {"buggy": "ssplug_buggy"},
+            {"ssplug_buggy": BUGGY_FACTORIES})
+    with pytest.raises(PluginFailedError) as err:
+        load_dataset("broken-digits")
+    assert str(err.value) == ("dataset 'broken-digits' of plugin 'buggy' (distribution "
+                              "buggy-factories 0.1) failed: KeyError: 'train'")
+    assert isinstance(err.value.__cause__, KeyError) and err.value.distribution == "buggy-factories"
+    with pytest.raises(PluginFailedError, match="model 'broken-model' of plugin 'buggy'.*TypeError"):
+        build_model("broken-model", num_classes=10)
+
+
+def test_the_cli_gives_one_line_and_exit_2_for_a_plugins_broken_dataset(monkeypatch, tmp_path):
+    import subprocess
+
+    write_distribution(tmp_path / "site", "buggy-factories", {"buggy": "ssplug_buggy"},
+                       {"ssplug_buggy": BUGGY_FACTORIES})
+    (tmp_path / "s.toml").write_text('[model]\nname = "digits-mlp"\n[data]\nname = "broken-digits"\n'
+                                     '[budget]\nfraction = 0.3\n')
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run([sys.executable, "-m", "sparsesearch", "run", "s.toml", "--no-report"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and "internal error" not in out.stderr
+    assert "dataset 'broken-digits' of plugin 'buggy' (distribution buggy-factories 0.1)" in out.stderr
+
+
+def test_a_plugin_registered_at_run_time_is_named_after_its_class():
+    class Namer:
+        @sparsesearch.hookimpl
+        def sparsesearch_register_models(self, register):
+            register("namer-model", lambda num_classes=10: nn.Linear(64, num_classes))
+
+    plugins.register_plugin(Namer())
+    plugins.register_plugin(Namer())  # a second one of the class
+    names = [name for name, _ in plugins.get_plugin_manager().list_name_plugin()]
+    assert "Namer" in names and "Namer-2" in names
+
+
 class _Observer:
     def __init__(self, log, label, fail=False):
         self.log, self.label, self.fail = log, label, fail
