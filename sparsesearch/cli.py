@@ -537,6 +537,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - sorted: the user's mistake (2) or a bug (1)
             if _user_error(exc):
                 if debug:
+                    stored = getattr(exc, "trial_traceback", None)
+                    if stored:  # the failure happened inside a trial: its own traceback
+                        print(f"the traceback stored with trial #{exc.trial}:\n{stored.rstrip()}\n",
+                              file=sys.stderr)
                     _print_traceback(exc)
                 msg = str(exc) or type(exc).__name__
                 if isinstance(exc, OSError) and str(exc.filename) not in msg:

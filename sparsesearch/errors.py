@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 
 __all__ = ["SparsesearchError", "PluginError", "StrategyError", "BudgetError", "PluginFailedError",
-           "did_you_mean"]
+           "NoCompleteTrialError", "did_you_mean"]
 
 
 def did_you_mean(key: str, valid: list[str], *, cutoff: float = 0.6) -> str:
@@ -29,6 +29,22 @@ class StrategyError(SparsesearchError):
 
 class BudgetError(SparsesearchError):
     """A budget that cannot be met (the message gives the feasible minimum)."""
+
+
+class NoCompleteTrialError(SparsesearchError):
+    """A study has no COMPLETE trial to choose. Where trials failed, the message gives their
+    most common ``fail_reason`` (a plugin's failure names the plugin), ``trial`` is the number
+    of the first failed trial and ``trial_traceback`` the traceback stored with it (the CLI
+    prints it with ``--debug``)."""
+
+    def __init__(self, message: str, *, trial: int | None = None,
+                 trial_traceback: str | None = None) -> None:
+        super().__init__(message)
+        self.trial = trial
+        self.trial_traceback = trial_traceback
+
+    def __reduce__(self):  # keep the fields across pickling (worker processes)
+        return (self.__class__, self.args, self.__dict__)
 
 
 class PluginFailedError(PluginError, StrategyError):

@@ -9,6 +9,7 @@ what users would do instead and its best value is never below theirs on validati
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import dataclasses
@@ -34,7 +35,7 @@ from sparsesearch._optuna import quiet_optuna
 from sparsesearch.budget import HEURISTICS, BudgetPlan, count_params, plan_budget
 from sparsesearch.compact import compact
 from sparsesearch.data import as_splits
-from sparsesearch.errors import BudgetError, SparsesearchError
+from sparsesearch.errors import BudgetError, NoCompleteTrialError, SparsesearchError
 from sparsesearch.fidelity import ComputeBudget, auto_dense_epochs, choose_final, epochs_spent, screen_ranking
 from sparsesearch.layers import find_layers
 from sparsesearch.macs import count_macs
@@ -1093,8 +1094,27 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
         return final
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
-        raise SparsesearchError(f"study {study.study_name!r} has no COMPLETE trial yet")
+        raise _no_complete_trial(study.study_name, trials)
     return max(complete, key=lambda t: (t.values[0], -t.user_attrs.get(record.PARAMS, 0), -t.number))
+
+
+def _no_complete_trial(name: str, trials: Sequence[optuna.trial.FrozenTrial]) -> NoCompleteTrialError:
+    """The error of a study without a COMPLETE trial, saying why where trials failed."""
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    if not failed:
+        return NoCompleteTrialError(f"study {name!r} has no COMPLETE trial yet")
+    reasons = collections.Counter(
+        str(t.user_attrs.get(record.FAIL_REASON) or "no reason stored").splitlines()[0] for t in failed)
+    reason, count = reasons.most_common(1)[0]
+    first = next(t for t in failed if str(t.user_attrs.get(record.FAIL_REASON) or
+                                          "no reason stored").splitlines()[0] == reason)
+    which = "all with" if count == len(failed) else f"{count} of them with"
+    finished = [t for t in trials if t.state.is_finished()]
+    return NoCompleteTrialError(
+        f"study {name!r} has no COMPLETE trial: {len(failed)} of {len(finished)} trial"
+        f"{'s' if len(finished) != 1 else ''} failed, {which}: {reason}",
+        trial=first.number, trial_traceback=first.user_attrs.get(record.TRACEBACK),
+    )
 
 
 def rebuild(study: optuna.Study, trial: optuna.trial.FrozenTrial, dense_model: nn.Module, splits: Any,

@@ -339,6 +339,44 @@ def test_the_cli_gives_one_line_and_exit_2_for_a_plugins_broken_dataset(monkeypa
     assert "dataset 'broken-digits' of plugin 'buggy' (distribution buggy-factories 0.1)" in out.stderr
 
 
+RAISING_STRATEGY = """
+    import sparsesearch
+
+
+    class Raiser(sparsesearch.Strategy):
+        name = "raiser"
+
+        def score(self, layer, context):
+            return {}[layer.name]  # the plugin's own bug
+
+
+    @sparsesearch.hookimpl
+    def sparsesearch_register_strategies(register):
+        register(Raiser())
+"""
+
+
+def test_a_study_whose_trials_all_fail_in_a_plugin_names_it_and_debug_shows_its_frame(tmp_path):
+    import subprocess
+
+    write_distribution(tmp_path / "site", "raiser-dist", {"raiser": "ssplug_raiser_strategy"},
+                       {"ssplug_raiser_strategy": RAISING_STRATEGY})
+    (tmp_path / "s.toml").write_text(
+        '[study]\nn_trials = 2\n[model]\nname = "digits-mlp"\n[data]\nname = "digits"\n'
+        '[budget]\nfraction = 0.3\n[search]\nstrategies = ["raiser"]\nheuristics = ["uniform"]\n'
+        '[space]\nepochs = 1\n[compute]\nepochs = 4\nfinalists = 0\n[dense]\nepochs = 2\n')
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run([sys.executable, "-m", "sparsesearch", "--debug", "run", "s.toml", "--no-report"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert "has no COMPLETE trial: 2 of 2 trials failed, all with:" in last
+    assert "strategy 'raiser' (distribution raiser-dist 0.1) failed on layer" in last
+    assert "internal error" not in out.stderr
+    assert "the traceback stored with trial #0:" in out.stderr
+    assert "ssplug_raiser_strategy.py" in out.stderr  # the plugin's own frame
+
+
 def test_a_plugin_registered_at_run_time_is_named_after_its_class():
     class Namer:
         @sparsesearch.hookimpl

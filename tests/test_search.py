@@ -251,9 +251,12 @@ def test_unknown_space_key_suggests(tmp_path):
 
 def test_nan_loss_fails_only_that_trial(tmp_path, runs_dir):
     # an lr this large blows up SGD: every trial fails with the reason stored, the study goes on
-    with pytest.raises(SparsesearchError, match="no COMPLETE trial"):
+    with pytest.raises(SparsesearchError, match="no COMPLETE trial") as err:
         _search(tmp_path, name="nan", n_trials=3, runs=runs_dir,
                 space={"lr": 1e12, "epochs": 1, "optimizer": "sgd"})
+    # the error says why: the trials' shared fail_reason, and keeps the first one's traceback
+    assert "3 of 3 trials failed, all with: NonFiniteLossError" in str(err.value)
+    assert err.value.trial == 0 and "Traceback" in err.value.trial_traceback
     study = optuna.load_study(study_name="nan", storage=f"sqlite:///{tmp_path / 'study.db'}")
     finished = [t for t in study.trials if t.state != optuna.trial.TrialState.WAITING]
     assert len(finished) == 3
