@@ -605,8 +605,10 @@ def suggest_strategy_params(strategy: str, trial: Any) -> dict[str, Any]:
         ) from exc
 
     params: dict[str, Any] = {}
+    before = set(_params_of(trial))
     answers = run_hook(get_plugin_manager(), hook, {"strategy": strategy, "trial": trial},
                        on_error=on_error)
+    taken = sorted(n for n in set(_params_of(trial)) - before if _reserved(n))
     for source, answer in answers:  # in pluggy's call order: a later answer wins a clash
         if answer is None:
             continue
@@ -618,8 +620,35 @@ def suggest_strategy_params(strategy: str, trial: Any) -> dict[str, Any]:
                 strategy=strategy, plugin=source.plugin, distribution=source.distribution,
                 hook=hook,
             )
+        clash = sorted(k for k in answer if _reserved(str(k))) or taken
+        if clash:
+            raise PluginFailedError(
+                f"{source} suggested {clash[0]!r} in {hook} for strategy {strategy!r}, a name of "
+                f"sparsesearch's own search space: name it {strategy + '.' + str(clash[0]).split(':')[-1]!r}"
+                " ('<strategy>.<param>')",
+                strategy=strategy, plugin=source.plugin, distribution=source.distribution,
+                hook=hook,
+            )
         params.update(answer)
     return params
+
+
+# the names sparsesearch's own search space suggests (space.py, search.py): a plugin's
+# hyperparameter of the same name would clash with them in the trial
+RESERVED_PARAMS = frozenset({"strategy", "budget", "lr", "epochs", "optimizer", "weight_decay",
+                             "prune_steps", "kd_weight", "kd_temperature"})
+RESERVED_PREFIXES = ("density:", "alloc:")
+
+
+def _reserved(name: str) -> bool:
+    return name in RESERVED_PARAMS or name.startswith(RESERVED_PREFIXES)
+
+
+def _params_of(trial: Any) -> Mapping[str, Any]:
+    try:
+        return dict(getattr(trial, "params", None) or {})
+    except Exception:  # noqa: BLE001 - a trial-like object without params: nothing to compare
+        return {}
 
 
 def call_observers(hook_name: str, **kwargs: Any) -> list[str]:

@@ -489,6 +489,24 @@ def test_suggest_params_failures_name_the_plugin():
     assert isinstance(err.value, PluginError) and isinstance(err.value.__cause__, KeyError)
 
 
+@pytest.mark.parametrize("name", ["lr", "density:fc1", "alloc:temperature"])
+def test_suggest_params_may_not_take_a_name_of_sparsesearchs_own_space(name):
+    import optuna
+
+    class Clashing:
+        @sparsesearch.hookimpl
+        def sparsesearch_suggest_params(self, strategy, trial):
+            return {name: trial.suggest_float(name, 0.5, 0.6)}
+
+    plugins.register_plugin(Clashing(), name="clashing")
+    trial = optuna.create_study().ask()
+    with pytest.raises(StrategyError) as err:
+        plugins.suggest_strategy_params("magnitude", trial)
+    assert str(err.value).startswith(
+        f"plugin 'clashing' (registered at run time) suggested {name!r} in "
+        "sparsesearch_suggest_params for strategy 'magnitude', a name of sparsesearch's own search space")
+
+
 def test_suggest_params_must_answer_a_dict():
     import optuna
 
