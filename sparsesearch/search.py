@@ -966,7 +966,7 @@ def _search(
         _enqueue_seeds(study, obj, seeds, infos[0].strategy, plans)
     cbs: list[Callable] = list(callbacks)
     cbs.append(lambda s, t: _observe_trial(s, t))
-    stop = _BudgetStop(obj)
+    stop = _BudgetStop(obj, max_failed_in_a_row=max(MAX_FAILED_IN_A_ROW, len(seeds)))
 
     try:
         # 1. screening, until its share of the compute is spent (or n_trials / timeout)
@@ -1032,16 +1032,30 @@ def _enqueue_seeds(study: optuna.Study, obj: _Objective, seeds: Sequence[tuple[s
     study.set_user_attr(record.SEEDS_ENQUEUED, len(seeds))
 
 
+MAX_FAILED_IN_A_ROW = 5  # screening trials failing one after the other that end the screening
+
+
 class _BudgetStop:
     """Stops the screening once its share of the compute is spent (after each trial). What a
     screening trial left is the objective's count (the study's trials read when the trial
     started, less its epochs): no second read of the trials per trial. Epochs that other
-    workers spent meanwhile are seen by the next trial, which then stops at once."""
+    workers spent meanwhile are seen by the next trial, which then stops at once. It also stops
+    after ``max_failed_in_a_row`` failed trials one after the other (failures spend nothing)."""
 
-    def __init__(self, objective: _Objective) -> None:
+    def __init__(self, objective: _Objective, *, max_failed_in_a_row: int = MAX_FAILED_IN_A_ROW) -> None:
         self.objective = objective
+        self.max_failed = max_failed_in_a_row
+        self.failed_in_a_row = 0
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        # a failed trial spends no epochs: without this, trials that fail for one cause (NaN
+        # data, a typo in strategy_params, a broken plugin) would be retried forever
+        self.failed_in_a_row = self.failed_in_a_row + 1 if trial.state == optuna.trial.TrialState.FAIL else 0
+        if self.failed_in_a_row >= self.max_failed:
+            log.warning("stopping the screening: its last %d trials failed (the last: %s)",
+                        self.failed_in_a_row, trial.user_attrs.get(record.FAIL_REASON, "no reason stored"))
+            study.stop()
+            return
         left, self.objective.screen_left = self.objective.screen_left, None
         if left is None:  # not one of this process's screening trials (surplus, closed, ...)
             left = self.objective.compute.screen_epochs - epochs_spent(

@@ -11,7 +11,7 @@ import torch
 
 import sparsesearch
 from sparsesearch import count_params
-from sparsesearch.errors import BudgetError, SparsesearchError, StrategyError
+from sparsesearch.errors import BudgetError, NoCompleteTrialError, SparsesearchError, StrategyError
 from sparsesearch.masks import get_mask
 from sparsesearch.recipe import Recipe
 
@@ -262,6 +262,15 @@ def test_nan_loss_fails_only_that_trial(tmp_path, runs_dir):
     assert len(finished) == 3
     assert all(t.state == optuna.trial.TrialState.FAIL for t in finished)
     assert all("NonFiniteLossError" in t.user_attrs["fail_reason"] for t in finished)
+
+
+def test_trials_that_keep_failing_end_the_study_instead_of_running_forever(tmp_path, runs_dir):
+    # failed trials spend no compute: without a stop the study would add FAIL trials forever
+    with pytest.raises(NoCompleteTrialError, match="5 of 5 trials failed, all with: NonFiniteLossError"):
+        _search(tmp_path, name="forever", runs=runs_dir, n_trials=None, heuristics=["uniform"],
+                space={"lr": 1e12, "epochs": 1, "optimizer": "sgd"})
+    study = optuna.load_study(study_name="forever", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials) == 5
 
 
 class Exploding(sparsesearch.Strategy):
