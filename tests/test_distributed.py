@@ -73,11 +73,12 @@ def _study_file(tmp_path: Path, *, epochs: int = 1, pruner: str = "median") -> P
 class Worker:
     """``python -m sparsesearch run ...`` in the background; output in files."""
 
-    def __init__(self, tmp_path: Path, name: str, study_file: Path, *args: str) -> None:
+    def __init__(self, tmp_path: Path, name: str, study_file: Path, *args: str,
+                 env: dict[str, str] | None = None) -> None:
         self.out = tmp_path / f"{name}.out"
         self.err = tmp_path / f"{name}.err"
         env = dict(os.environ, SPARSESEARCH_HEARTBEAT_INTERVAL="1", SPARSESEARCH_HEARTBEAT_GRACE="3",
-                   PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+                   PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env or {}))
         cmd = [sys.executable, "-m", "sparsesearch", "run", str(study_file), "--runs-dir",
                str(tmp_path / f"runs-{name}"), "--no-report", *args]
         with open(self.out, "w") as out, open(self.err, "w") as err:
@@ -184,11 +185,47 @@ def test_two_workers_on_postgres_end_with_exactly_the_requested_complete_trials(
     assert "best trial #" in workers[0].output()
 
 
+# the digits MLP; in a worker started with SS_TEST_BLOCK=1, a trial's pruned (masked) copy stops
+# in its second epoch and waits to be killed: the victim is caught mid-trial however fast the
+# machine (its trials would otherwise finish before a poll sees them), and the survivor, started
+# without it, re-runs that trial normally
+BLOCKING_MLP = """\
+import os
+import time
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+
+class MLP(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.fc1 = nn.Linear(64, 64)
+        self.fc2 = nn.Linear(64, 32)
+        self.fc3 = nn.Linear(32, num_classes)
+        self.calls = 0
+
+    def forward(self, x):
+        if self.training and parametrize.is_parametrized(self.fc1) and os.environ.get("SS_TEST_BLOCK"):
+            self.calls += 1
+            while self.calls > 12:  # past the first epoch (9 batches) and its report
+                time.sleep(0.05)
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x.flatten(1))))))
+
+
+def make(num_classes=10, **kwargs):
+    return MLP(num_classes)
+"""
+
+
 @pytest.mark.parametrize("kind", ["postgres", "journal"])
 def test_a_worker_killed_mid_trial_is_failed_and_its_trial_rerun(tmp_path, request, workers, kind):
     spec = _spec(kind, request, tmp_path)
-    study_file = _study_file(tmp_path, epochs=10, pruner="none")  # trials long enough to be killed in
-    victim = Worker(tmp_path, "victim", study_file, "--storage", spec, "-q")
+    study_file = _study_file(tmp_path, epochs=3, pruner="none")
+    (tmp_path / "blocking_dist.py").write_text(BLOCKING_MLP)
+    study_file.write_text(study_file.read_text().replace('name = "digits-mlp"', 'name = "blocking_dist:make"'))
+    victim = Worker(tmp_path, "victim", study_file, "--storage", spec, "-q", env={"SS_TEST_BLOCK": "1"})
     workers.append(victim)
     killed = _poll(lambda: _running_trial_of(spec, victim.pid), [victim],
                    what="a RUNNING trial of the victim past its first epoch")
