@@ -51,6 +51,24 @@ def resolve_sparsity(
     return amounts
 
 
+def ensure_graph(model: nn.Module, layers: Sequence[Layer], example_input: Any) -> DependencyGraph | None:
+    """The dependency graph recorded on ``layers``' modules; where none is (a model built or
+    loaded afresh, e.g. to replay a recipe), it is computed on ``example_input`` and recorded,
+    so tied channels are removed together exactly as in the search that planned them. ``None``
+    when the model cannot be traced (every layer is then masked on its own, as the planner
+    priced it)."""
+    for layer in layers:
+        g = graph_of(layer.module)
+        if g is not None:
+            return g
+    if example_input is None:
+        return None
+    try:
+        return dependency_graph(model, layers, example_input)
+    except SparsesearchError:
+        return None
+
+
 def _channel_groups(layers: Sequence[Layer], groups: Any) -> tuple[list, set[str]]:
     """The dependency groups (of ``groups``, or recorded on the layers' modules) whose members
     are all among ``layers`` with the recorded shapes; and the names they cover."""
@@ -134,6 +152,8 @@ def apply_sparsity(
     """
     tied: set[str] = set()
     if granularity == "channel":
+        if groups is None and model is not None:  # a fresh model: its groups, as planned
+            ensure_graph(model, layers, example_input)
         found, tied = _channel_groups(layers, groups)
         by_name = {layer.name: layer for layer in layers}
         for group in found:

@@ -27,7 +27,7 @@ from sparsesearch.compact import CompactionWarning, compact
 from sparsesearch.data import as_splits
 from sparsesearch.errors import SparsesearchError
 from sparsesearch.layers import find_layers
-from sparsesearch.prune import apply_sparsity
+from sparsesearch.prune import apply_sparsity, ensure_graph
 from sparsesearch.plugins import get_strategy
 from sparsesearch.score import DEFAULT_GRADIENT_BATCHES, compute_scores
 from sparsesearch.train import fit
@@ -260,6 +260,8 @@ def replay(
         batch_size=rt.batch_size, device=device, params=recipe.strategy_params,
     )
     example = _example(splits, device)
+    if strategy.granularity == "channel":  # tied channels as the search planned them, and a
+        ensure_graph(work, layers, example)  # context that shows the graph to score()
     history: list[float] = []
     trained = [0]
     if compacted is None:

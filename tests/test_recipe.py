@@ -137,3 +137,21 @@ def test_a_depthwise_separable_model_trains_compacted(digits):
     x = torch.stack([digits.val[i][0] for i in range(16)])
     assert out.compacted is not None and _numel(out.compacted) < 0.6 * _numel(dense)
     torch.testing.assert_close(_out(out.model, x), _out(out.compacted, x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_searched_channel_trial_replays_to_the_same_model_on_a_fresh_copy(tmp_path, digits):
+    # the dependency groups the search planned with were recorded on its own dense model only;
+    # a freshly built model with the same weights (what a user loads to replay a recipe, and
+    # what export rebuilds from) must prune the same tied channels, to the same count
+    torch.manual_seed(0)
+    net = sparsesearch.build_model("cifar-resnet", num_classes=10, in_channels=1, depth=8, width=8)
+    r = sparsesearch.search(net, digits, 0.3, strategies="l1-filter", seed=0, runs_dir=tmp_path,
+                            study_name="fresh", compute=8, dense={"epochs": 2},
+                            space={"epochs": 2}, heuristics=["uniform"])
+    trial = r.best_trial
+    fresh = sparsesearch.build_model("cifar-resnet", num_classes=10, in_channels=1, depth=8, width=8)
+    fresh.load_state_dict(r.dense_model.state_dict())
+    x = torch.stack([digits.val[i][0] for i in range(2)])
+    for dense in (r.dense_model, fresh):
+        model = sparsesearch.apply_recipe(dense, Recipe.from_dict(trial.user_attrs["recipe"]), digits)
+        assert compact(model, example_input=x).params_after == trial.user_attrs["params"] <= r.budget_params
