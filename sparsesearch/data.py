@@ -361,6 +361,12 @@ def _as_splits(name: str, result: Any, options: dict) -> Splits:
         TensorSplit(*ds.tensors) if isinstance(ds, TensorDataset) and len(ds.tensors) == 2 else ds
         for ds in parts
     ]
+    for label, ds in zip(("train", "val", "test"), parts):
+        if isinstance(ds, TensorSplit) and not bool(torch.isfinite(ds.x).all()):
+            bad = int((~torch.isfinite(ds.x)).sum())
+            raise DatasetError(
+                f"dataset {name!r}: its {label} split holds {bad} non-finite input value"
+                f"{'s' if bad != 1 else ''} (NaN or inf): clean or impute them first")
     train, val, test = parts
     num_classes = options.get("num_classes") or getattr(result, "num_classes", None)
     num_classes = num_classes or getattr(train, "num_classes", None)

@@ -823,6 +823,9 @@ def _search(
         raise SparsesearchError(f"objective must be 'accuracy' or 'pareto', got {objective=}")
     if isinstance(strategies, str):
         strategies = [strategies]
+    if not isinstance(strategies, (list, tuple)) or not all(isinstance(s, str) for s in strategies):
+        raise SparsesearchError(
+            f"strategies must be a strategy name or a list of names, got {strategies!r}")
     strategies = list(dict.fromkeys(strategies))
     if not strategies:
         raise SparsesearchError("strategies is empty: name at least one strategy")
@@ -832,6 +835,10 @@ def _search(
         if name not in strategies:
             raise SparsesearchError(
                 f"strategy_params names {name!r}, which is not among the strategies {strategies}")
+    if isinstance(heuristics, str):
+        heuristics = [heuristics]
+    if not isinstance(heuristics, (list, tuple)) or not all(isinstance(h, str) for h in heuristics):
+        raise SparsesearchError(f"heuristics must be a list of names, got {heuristics!r}")
     heuristics = list(dict.fromkeys(heuristics))
     for h in heuristics:
         if h not in HEURISTICS:

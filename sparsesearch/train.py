@@ -331,6 +331,12 @@ def fit(
                         kd = _kd_loss(logits, teacher_logits, kd_temperature)
                         loss = (1 - kd_weight) * loss + kd_weight * kd
                     if not torch.isfinite(loss):
+                        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                            raise NonFiniteLossError(
+                                f"loss is {loss.item()} at epoch {epoch}, batch {batch}: the "
+                                f"training inputs hold non-finite values (NaN or inf, "
+                                f"{int((~torch.isfinite(x)).sum())} in this batch); clean the data"
+                            )
                         raise NonFiniteLossError(
                             f"loss is {loss.item()} at epoch {epoch}, batch {batch} "
                             f"({lr=}, {optimizer=}); lower the learning rate"

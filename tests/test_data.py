@@ -350,3 +350,12 @@ def test_generic_dataset_labels_infer_num_classes():
 
     splits = as_splits((Seq(), Seq()))
     assert splits.num_classes == 5 and splits.input_shape == (1,)
+
+
+@pytest.mark.parametrize("split", [0, 1, 2])
+def test_non_finite_inputs_are_refused_naming_the_split(split):
+    parts = [TensorDataset(torch.randn(20, 4), torch.randint(0, 2, (20,))) for _ in range(3)]
+    parts[split].tensors[0][3, 1] = float("inf") if split else float("nan")
+    with pytest.raises(DatasetError, match=f"its {('train', 'val', 'test')[split]} split holds 1 "
+                                           "non-finite input value"):
+        as_splits(tuple(parts))

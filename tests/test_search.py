@@ -244,6 +244,13 @@ def test_empty_search_space(tmp_path):
         _search(tmp_path, space={"allocation": False}, heuristics=[])
 
 
+@pytest.mark.parametrize("kw, said", [({"strategies": 3}, "strategies must be a strategy name"),
+                                      ({"heuristics": [1]}, "heuristics must be a list of names")])
+def test_a_strategies_or_heuristics_argument_of_the_wrong_type_is_one_line(tmp_path, kw, said):
+    with pytest.raises(SparsesearchError, match=said):
+        _search(tmp_path, **kw)
+
+
 def test_unknown_space_key_suggests(tmp_path):
     with pytest.raises(SparsesearchError, match="did you mean 'epochs'"):
         _search(tmp_path, space={"epochz": 3})

@@ -152,6 +152,22 @@ def test_exploding_lr_raises(digits):
         fit(_model(), digits.train, epochs=3, lr=1e30)
 
 
+def test_nan_in_the_inputs_is_named_not_the_learning_rate():
+    # a generic Dataset (not an in-memory split, which is checked when it is loaded)
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            x = torch.ones(64)
+            if i == 5:
+                x[0] = float("nan")
+            return x, i % 10
+
+    with pytest.raises(NonFiniteLossError, match="the training inputs hold non-finite values"):
+        fit(_model(), Rows(), epochs=1, lr=0.01, batch_size=64)
+
+
 def test_on_epoch_called_once_per_epoch(digits):
     calls = []
     result = fit(
