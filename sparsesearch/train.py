@@ -53,6 +53,38 @@ class TrainingError(SparsesearchError):
     A :class:`ValueError`, as these checks always were."""
 
 
+class ModelForwardError(SparsesearchError, RuntimeError):
+    """The model's own ``forward`` raised while it trained (an error in the user's model code:
+    the traceback ends in their files, not sparsesearch's). One line naming the model, the
+    epoch and the batch; the model's exception is the ``__cause__`` (``--debug`` shows it)."""
+
+
+def _raised_in_our_code(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside sparsesearch's own code (below ``fit``'s call of the
+    model): then it is a bug of ours and keeps its traceback."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None  # below fit
+    while tb is not None:
+        name = os.path.abspath(tb.tb_frame.f_code.co_filename)
+        if name.startswith(here + os.sep):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _forward(model: nn.Module, x: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+    try:
+        return model(x)
+    except SparsesearchError:
+        raise
+    except Exception as exc:
+        if _raised_in_our_code(exc):
+            raise
+        raise ModelForwardError(
+            f"model {type(model).__name__} failed in forward while training (epoch {epoch}, "
+            f"batch {batch}): {type(exc).__name__}: {exc}") from exc
+
+
 class NonFiniteLossError(SparsesearchError, RuntimeError):
     """The training loss became NaN or infinite (usually: the learning rate is too high): a
     setting to change, so a user error (one line, exit 2 from the CLI)."""
@@ -323,7 +355,7 @@ def fit(
                     train_data, batch_size, shuffle=True, generator=generator, device=device
                 )
                 for batch, (x, y) in enumerate(batches):
-                    logits = model(x)
+                    logits = _forward(model, x, epoch, batch)
                     loss = F.cross_entropy(logits, y)
                     if distil:
                         with torch.no_grad():

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+import sparsesearch
 import sparsesearch.train as train_mod
 from sparsesearch.data import Splits, TensorSplit, load_dataset
 from sparsesearch.models import ModelError, build_model
@@ -166,6 +167,25 @@ def test_nan_in_the_inputs_is_named_not_the_learning_rate():
 
     with pytest.raises(NonFiniteLossError, match="the training inputs hold non-finite values"):
         fit(_model(), Rows(), epochs=1, lr=0.01, batch_size=64)
+
+
+def test_a_models_own_forward_raising_in_training_is_named_as_the_models(digits):
+    class TrainBroken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x):
+            if self.training:
+                raise ValueError("broken in train mode")
+            return self.fc(x.flatten(1))
+
+    with pytest.raises(train_mod.ModelForwardError) as err:
+        fit(TrainBroken(), digits.train, epochs=1, lr=0.01)
+    assert str(err.value) == ("model TrainBroken failed in forward while training (epoch 0, batch 0): "
+                              "ValueError: broken in train mode")
+    assert isinstance(err.value.__cause__, ValueError)
+    assert isinstance(err.value, sparsesearch.errors.SparsesearchError)
 
 
 def test_on_epoch_called_once_per_epoch(digits):
