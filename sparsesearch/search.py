@@ -154,6 +154,14 @@ def _state_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def _near_chance(num_classes: int) -> float:
+    """The validation accuracy up to which a model counts as untrained (at chance): twice the
+    chance level (a random initialisation of a 10-class model often scores 10-18 %), at most
+    halfway between chance and 1 (binary: 0.75)."""
+    c = max(int(num_classes), 2)
+    return min(2.0 / c, 0.5 + 0.5 / c)
+
+
 def _prepare_dense(
     model: nn.Module, *, built: bool, trained: bool | None, splits: Any, dense: DenseSettings,
     seed: int, device: torch.device, cache_dir: Path | None, data_key: str,
@@ -165,7 +173,7 @@ def _prepare_dense(
             trained = False
         else:
             acc = evaluate(model, splits.val, device=device)
-            trained = acc > 1.5 / max(splits.num_classes, 2)
+            trained = acc > _near_chance(splits.num_classes)
             if not trained:
                 log.info("the given model is at chance on validation (%.3f): training it first", acc)
     if trained:
@@ -629,6 +637,12 @@ def _resolve_problem(
     """The model (not trained yet), whether we built it, ``trained`` and the data splits."""
     splits = _as_data(data, seed, data_options)
     net, built = _resolve_model(model, splits, model_kwargs or {}, seed)
+    if not built:  # the caller's module stays as it was given (untrained, on its device), so
+        try:  # the same call again finds the same study and resumes it
+            net = copy.deepcopy(net)
+        except Exception as exc:  # noqa: BLE001 - a module that cannot be copied: used itself
+            log.warning("the model cannot be copied (%s: %s): it is trained and pruned in place",
+                        type(exc).__name__, exc)
     if checkpoint is not None:
         net = load_checkpoint(net, checkpoint)
         trained = True if trained is None else trained
@@ -913,7 +927,7 @@ def _search(
         budget_compute = fitted
     total_params = count_params(dense_model).total
     dense_val = evaluate(dense_model, splits.val, device=torch_device)
-    if dense_val <= 1.5 / max(splits.num_classes, 2):
+    if dense_val <= _near_chance(splits.num_classes):
         log.warning("the dense model is at chance level on validation (%.3f with %d classes): "
                     "check the data, the model, or the dense training settings", dense_val,
                     splits.num_classes)

@@ -251,6 +251,17 @@ def test_a_strategies_or_heuristics_argument_of_the_wrong_type_is_one_line(tmp_p
         _search(tmp_path, **kw)
 
 
+def test_the_callers_module_is_left_as_given_and_the_same_call_resumes(tmp_path, runs_dir):
+    torch.manual_seed(0)
+    mine = sparsesearch.build_model("digits-mlp", num_classes=10)
+    before = {k: v.clone() for k, v in mine.state_dict().items()}
+    kw = dict(heuristics=["uniform"], compute={"epochs": 8, "finalists": 0}, space={"epochs": 1})
+    first = _search(tmp_path, name="mine", model=mine, **kw)
+    assert all(torch.equal(before[k], v) for k, v in mine.state_dict().items())  # not trained here
+    again = _search(tmp_path, name="mine", model=mine, **kw)  # same problem: resumed, not refused
+    assert again.best_trial.number == first.best_trial.number
+
+
 def test_unknown_space_key_suggests(tmp_path):
     with pytest.raises(SparsesearchError, match="did you mean 'epochs'"):
         _search(tmp_path, space={"epochz": 3})
