@@ -484,6 +484,8 @@ class _Objective:
             )
         except BaseException:
             attrs.setdefault(record.EPOCHS, done[0])
+            if measured:  # the final masks were on (a pruned trial): what they keep
+                attrs[record.PARAMS], attrs[record.MACS] = int(measured["params"]), int(measured["macs"])
             raise
         model = out.model
         counted = measured["params"]

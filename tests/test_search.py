@@ -68,6 +68,10 @@ def test_screening_is_pruned_by_successive_halving(result):
     screen = [t for t in result.study.trials if t.user_attrs.get("phase") == "screen"]
     assert any(t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["epochs"] < 3 for t in screen)
     assert all(t.user_attrs["epochs"] <= 3 for t in screen)
+    # a pruned trial that trained records what its masks keep, as a complete one does
+    for t in screen:
+        if t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["epochs"] >= 1:
+            assert t.user_attrs["params"] <= result.budget_params and t.user_attrs["macs"] > 0
 
 
 def test_finalists_are_the_best_screened_and_the_result_is_one_of_them(result):
