@@ -278,8 +278,13 @@ def config_from_study(study: optuna.Study, *, trust: bool = False):
     metric = attrs.get(record.BUDGET_METRIC, "params")
     identity = attrs.get(record.IDENTITY) if isinstance(attrs.get(record.IDENTITY), Mapping) else {}
     budget = identity.get("budget", attrs.get(record.budget_key(metric)))
-    if not isinstance(budget, (int, float)) or isinstance(budget, bool):
+    is_number = isinstance(budget, (int, float)) and not isinstance(budget, bool)
+    is_range = (isinstance(budget, (list, tuple)) and len(budget) == 2  # a pareto study's [low, high]
+                and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in budget))
+    if not (is_number or is_range):
         raise SparsesearchError(f"study {study.study_name!r} records no {record.budget_key(metric)}")
+    if is_range:
+        budget = list(budget)
     # the search settings a study stores are named as StudyConfig's fields
     known = {f.name for f in dataclasses.fields(StudyConfig)}
     given = {k: v for k, v in settings.items() if k in known and v is not None}
@@ -509,6 +514,8 @@ def _with_counts(result: ExportResult, study: optuna.Study, trial: FrozenTrial,
     metric = metric if metric in ("params", "macs") else "params"
     count = trial.user_attrs.get(record.PARAMS if metric == "params" else "macs")
     budget = study.user_attrs.get(record.budget_key(metric))
+    if isinstance(trial.params.get("budget"), (int, float)):  # a pareto study: the trial's own
+        budget = trial.params["budget"]
     return dataclasses.replace(
         result, budget_metric=metric,
         budget_count=int(count) if isinstance(count, (int, float)) else None,

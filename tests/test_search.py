@@ -533,6 +533,12 @@ def test_a_pareto_study_over_a_budget_range_spans_the_front(tmp_path, runs_dir):
     seeds = sorted(t.params["budget"] for t in r.study.trials if t.user_attrs.get("heuristic"))
     assert seeds[0] == lo and seeds[-1] == hi  # the seeds spread over the range
     assert len({t.user_attrs["params"] for t in r.pareto_front}) >= 2
+    # an exported point is measured against its own budget, not the range's top
+    from sparsesearch.export import export_trial
+
+    small = min(complete, key=lambda t: t.params["budget"])
+    out = export_trial(r.study, tmp_path / "small.pt", trial=small.number, runs_dir=runs_dir)
+    assert out.budget == small.params["budget"] < hi and out.budget_count <= out.budget
     with pytest.raises(SparsesearchError, match="needs objective='pareto'"):
         _search(tmp_path, name="front2", runs=runs_dir, budget=(0.03, 0.5))
 
