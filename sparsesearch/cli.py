@@ -213,13 +213,21 @@ def scrub(text: str) -> str:
     return out
 
 
+_CPP_EXTENSION_LOG = "torch.utils.cpp_extension"
+
+
 @contextlib.contextmanager
 def _logging_restored() -> Iterator[None]:
     """Undo :func:`_setup_logging` on exit (handlers, levels, propagation)."""
     saved = []
-    for name in ("sparsesearch", "optuna"):
+    for name in ("sparsesearch", "optuna", _CPP_EXTENSION_LOG):
         logger = logging.getLogger(name)
         saved.append((logger, list(logger.handlers), logger.level, logger.propagate))
+    cpp = logging.getLogger(_CPP_EXTENSION_LOG)
+    if _VERBOSITY[0] <= 0 and cpp.level == logging.NOTSET:
+        # torch.utils.benchmark (report latency) imports cpp_extension, which warns "No CUDA
+        # runtime is found" on every CPU machine with a CUDA_HOME: noise for our commands
+        cpp.setLevel(logging.ERROR)
     try:
         yield
     finally:
