@@ -174,6 +174,8 @@ def compute_scores(
             raise _failure(
                 strategy, layer.name, f"{type(exc).__name__}: {exc}"
             ) from exc
+        except SystemExit as exc:  # sys.exit() in a plugin would end the study with no word
+            raise _failure(strategy, layer.name, f"it called sys.exit({exc.code!r})") from exc
         scores[layer.name] = check_scores(raw, strategy, layer.name,
                                           expected_shape(strategy, layer)).cpu()
     return scores

@@ -274,6 +274,17 @@ def test_a_plain_strategy_instance_is_named_by_its_class():
     assert isinstance(err.value.__cause__, ZeroDivisionError)
 
 
+def test_a_plugin_calling_sys_exit_is_a_plugin_failure_not_the_end_of_the_process():
+    class Exiting(sparsesearch.Strategy):
+        name = "exiting"
+
+        def score(self, layer, context):
+            sys.exit(3)
+
+    with pytest.raises(PluginFailedError, match=r"failed on layer 'fc1': it called sys.exit\(3\)"):
+        sparsesearch.prune(_FC(), Exiting(), 0.5)
+
+
 def test_a_failed_trial_names_strategy_layer_and_distribution(foo_plugin, tmp_path):
     import optuna
     from torch.utils.data import TensorDataset
