@@ -609,26 +609,23 @@ def suggest_strategy_params(strategy: str, trial: Any) -> dict[str, Any]:
     answers = run_hook(get_plugin_manager(), hook, {"strategy": strategy, "trial": trial},
                        on_error=on_error)
     taken = sorted(n for n in set(_params_of(trial)) - before if _reserved(n))
+    def failed(source: PluginSource, what: str) -> PluginFailedError:
+        return PluginFailedError(f"{source} {what}", strategy=strategy, plugin=source.plugin,
+                                 distribution=source.distribution, hook=hook)
+
     for source, answer in answers:  # in pluggy's call order: a later answer wins a clash
         if answer is None:
             continue
         if not isinstance(answer, Mapping):
-            raise PluginFailedError(
-                f"{source} returned {type(answer).__name__} from {hook} for strategy "
-                f"{strategy!r}: return a dict of parameters, or None when the strategy is not "
-                "yours",
-                strategy=strategy, plugin=source.plugin, distribution=source.distribution,
-                hook=hook,
-            )
+            raise failed(source, f"returned {type(answer).__name__} from {hook} for strategy "
+                                 f"{strategy!r}: return a dict of parameters, or None when the "
+                                 "strategy is not yours")
         clash = sorted(k for k in answer if _reserved(str(k))) or taken
         if clash:
-            raise PluginFailedError(
-                f"{source} suggested {clash[0]!r} in {hook} for strategy {strategy!r}, a name of "
-                f"sparsesearch's own search space: name it {strategy + '.' + str(clash[0]).split(':')[-1]!r}"
-                " ('<strategy>.<param>')",
-                strategy=strategy, plugin=source.plugin, distribution=source.distribution,
-                hook=hook,
-            )
+            own = strategy + "." + str(clash[0]).split(":")[-1]
+            raise failed(source, f"suggested {clash[0]!r} in {hook} for strategy {strategy!r}, a "
+                                 f"name of sparsesearch's own search space: name it {own!r} "
+                                 "('<strategy>.<param>')")
         params.update(answer)
     return params
 
