@@ -164,7 +164,7 @@ def _near_chance(num_classes: int) -> float:
 
 def _prepare_dense(
     model: nn.Module, *, built: bool, trained: bool | None, splits: Any, dense: DenseSettings,
-    seed: int, device: torch.device, cache_dir: Path | None, data_key: str,
+    seed: int, device: torch.device, cache_dir: Path | None, data_key: str, label: str | None = None,
 ) -> nn.Module:
     model = model.to(device)
     dense = dataclasses.replace(dense, epochs=dense.resolved_epochs(len(splits.train)))
@@ -186,7 +186,7 @@ def _prepare_dense(
     if cache_path is not None and cache_path.is_file():
         log.info("dense model: loading the cached %s", cache_path)
     else:
-        log.info("dense model: training %s for %d epochs%s", type(model).__name__, dense.epochs,
+        log.info("dense model: training %s for %d epochs%s", label or type(model).__name__, dense.epochs,
                  f" (cached as {cache_path})" if cache_path is not None else "")
     return train_dense(
         model, splits, epochs=dense.epochs, lr=dense.lr, optimizer=dense.optimizer,
@@ -676,15 +676,20 @@ def prepare_dense_model(
         data_options=data_options, checkpoint=checkpoint, device=torch_device,
     )
     return _train_dense(net, built, trained, splits, data, data_options, dense_settings, seed,
-                        torch_device, run_folder(runs_dir, study_name)), splits
+                        torch_device, run_folder(runs_dir, study_name), label=_label(model)), splits
+
+
+def _label(model: Any) -> str:
+    """How log lines name the model: its name when given by name, else its class."""
+    return model if isinstance(model, str) else type(model).__name__
 
 
 def _train_dense(net, built, trained, splits, data, data_options, dense_settings, seed, device,
-                 run_dir: Path) -> nn.Module:
+                 run_dir: Path, *, label: str | None = None) -> nn.Module:
     dense_model = _prepare_dense(
         net, built=built, trained=trained, splits=splits, dense=dense_settings, seed=seed,
         device=device, cache_dir=run_dir if isinstance(data, str) else None,
-        data_key=_data_key(data, data_options),
+        data_key=_data_key(data, data_options), label=label,
     )
     return dense_model.eval()
 
@@ -913,7 +918,7 @@ def _search(
         low_plans = _plan_all(net, infos, layers, budget_low, space, budget_metric, example)
         budget_range = (next(iter(low_plans.values())).budget_params, budget_params)
     dense_model = _train_dense(net, built, trained, splits, data, data_options, dense_settings,
-                               seed, torch_device, run_dir)
+                               seed, torch_device, run_dir, label=_label(model))
     if dense_model is not net:  # pragma: no cover - _prepare_dense trains and loads in place
         raise AssertionError("the dense model must be the planned module, trained in place")
     dense_epochs = dense_settings.resolved_epochs(len(splits.train))
