@@ -10,7 +10,8 @@ Study attributes (``study.user_attrs``)::
 
 Trial attributes (``trial.user_attrs``)::
 
-    phase ("screen" | "final"), finalist_of, lr_scale, heuristic, strategy, granularity, sparsity,
+    phase ("screen" | "final"), finalist_of, lr_scale, heuristic, seed_trial, retry_of, strategy,
+    granularity, sparsity,
     params, macs, recipe, epochs, val_accuracy, val_loss, pruned_at_epoch, stop_reason,
     fail_reason, traceback, surplus
 
@@ -55,6 +56,7 @@ FINAL = "final"
 FINALIST_OF = "finalist_of"
 LR_SCALE = "lr_scale"
 HEURISTIC = "heuristic"
+SEED_TRIAL = "seed_trial"  # True on an enqueued heuristic seed (and on its re-queued copy)
 STRATEGY = "strategy"
 GRANULARITY = "granularity"
 SPARSITY = "sparsity"

@@ -45,7 +45,9 @@ __all__ = [
     "create_study_once",
     "optimize_until",
     "run_study",
+    "requeue_interrupted",
     "setup_owner",
+    "was_interrupted",
 ]
 
 log = logging.getLogger("sparsesearch")
@@ -208,10 +210,46 @@ def _optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], *, 
                 return
 
 
+_INTERRUPTED = ("interrupted (Ctrl-C)", "terminated (SIGTERM)")
+
+
 def _interrupt_reason(exc: BaseException) -> str:
-    what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
-    return (f"{what} while running: marked FAIL; its parameters are not queued again "
-            "(run the study again to go on)")
+    what = _INTERRUPTED[1] if isinstance(exc, Terminated) else _INTERRUPTED[0]
+    return (f"{what} while running: marked FAIL; a heuristic seed or finalist is queued again "
+            "when the study is run again, other trials are not")
+
+
+def was_interrupted(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` FAILed because Ctrl-C or SIGTERM stopped it (its stored reason)."""
+    return (trial.state == TrialState.FAIL
+            and str(trial.user_attrs.get(record.FAIL_REASON, "")).startswith(_INTERRUPTED))
+
+
+def requeue_interrupted(study: optuna.Study, key: Callable[[FrozenTrial], Any],
+                        inputs: Sequence[str]) -> list[FrozenTrial]:
+    """Queue again, once, the trials that Ctrl-C or SIGTERM stopped among those ``key`` marks
+    (not None), when no other trial of the same key is COMPLETE, PRUNED, RUNNING or WAITING:
+    the same parameters and the user attributes ``inputs``, plus ``retry_of``. Returns the
+    trials queued again. (Seeds and finalists are the study's chosen candidates: losing one
+    to an interruption would change the result, unlike a sampled trial.)"""
+    trials = study.get_trials(deepcopy=False)
+    by_key: dict[Any, list[FrozenTrial]] = {}
+    for t in trials:
+        k = key(t)
+        if k is not None:
+            by_key.setdefault(k, []).append(t)
+    again = []
+    for same in by_key.values():
+        if any(t.state != TrialState.FAIL for t in same):
+            continue  # done, running, waiting, or pruned: nothing lost
+        last = same[-1]
+        if not was_interrupted(last) or any(t.user_attrs.get("retry_of") == last.number for t in trials):
+            continue
+        study.enqueue_trial(dict(last.params), user_attrs={
+            **{k: last.user_attrs[k] for k in inputs if k in last.user_attrs}, "retry_of": last.number,
+        }, skip_if_exists=False)
+        again.append(last)
+    return again
 
 
 def _recording_interrupts(objective: Callable[[optuna.Trial], Any]) -> Callable[[optuna.Trial], Any]:

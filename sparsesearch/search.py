@@ -42,7 +42,7 @@ from sparsesearch.macs import count_macs
 from sparsesearch.masks import make_permanent
 from sparsesearch.models import build_model, load_checkpoint
 from sparsesearch.options import option
-from sparsesearch.runner import cached_tensors, create_study_once, run_study, setup_owner
+from sparsesearch.runner import cached_tensors, create_study_once, requeue_interrupted, run_study, setup_owner
 from sparsesearch.sampler import LocalTPESampler
 from sparsesearch.recipe import Recipe, RetrainSettings, _example, apply_recipe, replay
 from sparsesearch.score import DEFAULT_GRADIENT_BATCHES, compute_scores
@@ -992,6 +992,14 @@ def _search(
     )
     if owner:
         _enqueue_seeds(study, obj, seeds, infos[0].strategy, plans)
+    elif not study.user_attrs.get(record.FINALS_ENQUEUED):
+        with FileLock(str(run_dir / ".finals.lock")):  # a seed Ctrl-C or SIGTERM stopped: again
+            for t in requeue_interrupted(
+                    study, lambda t: (json.dumps(t.params, sort_keys=True)
+                                      if t.user_attrs.get(record.SEED_TRIAL) else None),
+                    inputs=(record.HEURISTIC, record.SEED_TRIAL)):
+                log.info("heuristic seed trial #%d (%s) was interrupted: it is queued again",
+                         t.number, t.user_attrs.get(record.HEURISTIC))
     cbs: list[Callable] = list(callbacks)
     cbs.append(lambda s, t: _observe_trial(s, t))
     stop = _BudgetStop(obj, max_failed_in_a_row=max(MAX_FAILED_IN_A_ROW, len(seeds)))
@@ -1056,7 +1064,8 @@ def _enqueue_seeds(study: optuna.Study, obj: _Objective, seeds: Sequence[tuple[s
             lo, hi = space.alloc_temperature
             if space.allocation == "family" and lo < hi:
                 params["alloc:temperature"] = min(max(1.0, lo), hi)
-        study.enqueue_trial(params, user_attrs={record.HEURISTIC: h}, skip_if_exists=False)
+        study.enqueue_trial(params, user_attrs={record.HEURISTIC: h, record.SEED_TRIAL: True},
+                            skip_if_exists=False)
     study.set_user_attr(record.SEEDS_ENQUEUED, len(seeds))
 
 
@@ -1116,6 +1125,15 @@ def _enqueue_finals(study: optuna.Study, compute: ComputeBudget, run_dir: Path) 
             if chosen:
                 log.info("finalists: trials %s retrained for %d epochs each",
                          ", ".join(f"#{t.number}" for t in chosen), compute.final_epochs())
+        else:  # a finalist that Ctrl-C or SIGTERM stopped trains again, in full
+            again = requeue_interrupted(
+                study, lambda t: ((t.user_attrs.get(record.FINALIST_OF), t.user_attrs.get(record.LR_SCALE))
+                                  if t.user_attrs.get(record.PHASE) == record.FINAL else None),
+                inputs=(record.PHASE, record.FINALIST_OF, record.LR_SCALE, record.HEURISTIC))
+            for t in again:
+                log.warning("finalist trial #%d was interrupted after %d epochs: it is retrained "
+                            "from the start (its epochs count in the study's compute)", t.number,
+                            int(t.user_attrs.get(record.EPOCHS, 0)))
     waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
     return len(waiting) if any(t.user_attrs.get(record.PHASE) == record.FINAL for t in waiting) else 0
 

@@ -3,6 +3,7 @@ ladder and finalists, determinism, resume, bad input."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import optuna
@@ -264,6 +265,63 @@ def test_the_callers_module_is_left_as_given_and_the_same_call_resumes(tmp_path,
     assert all(torch.equal(before[k], v) for k, v in mine.state_dict().items())  # not trained here
     again = _search(tmp_path, name="mine", model=mine, **kw)  # same problem: resumed, not refused
     assert again.best_trial.number == first.best_trial.number
+
+
+class _CtrlCInFinalist(logging.Handler):
+    """Raises KeyboardInterrupt from fit's per-epoch record of a finalist (a training of
+    ``epochs`` epochs) at its ``at``-th epoch: Ctrl-C exactly there, without a signal race."""
+
+    def __init__(self, epochs, at=2):
+        super().__init__(logging.DEBUG)
+        self.epochs, self.at, self.fired = epochs, at, False
+
+    def emit(self, record):
+        info = getattr(record, "sparsesearch_epoch", None)
+        if not self.fired and info and info["epochs"] == self.epochs and info["epoch"] == self.at:
+            self.fired = True
+            raise KeyboardInterrupt
+
+
+def test_a_finalist_stopped_by_ctrl_c_trains_again_when_the_study_is_resumed(tmp_path, runs_dir):
+    kw = dict(name="resume-final", runs=runs_dir, heuristics=["uniform", "lamp"],
+              compute={"epochs": 20, "final_share": 0.5, "finalists": 1}, space={"epochs": 2})
+    train_log = logging.getLogger("sparsesearch.train")
+    stop = _CtrlCInFinalist(epochs=10)
+    train_log.addHandler(stop)
+    level, train_log.level = train_log.level, logging.DEBUG
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _search(tmp_path, **kw)
+    finally:
+        train_log.removeHandler(stop)
+        train_log.setLevel(level)
+    assert stop.fired
+    r = _search(tmp_path, **kw)  # the resume: the finalist is queued again and trains in full
+    finals = [t for t in r.study.trials if t.user_attrs.get("phase") == "final"]
+    assert [t.state for t in finals] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert finals[1].user_attrs["retry_of"] == finals[0].number and finals[1].user_attrs["epochs"] == 10
+    assert r.best_trial.number == finals[1].number  # the result is the finalist, not a screened trial
+
+
+def test_a_heuristic_seed_stopped_by_ctrl_c_is_queued_again_on_resume(tmp_path, runs_dir):
+    kw = dict(name="resume-seed", runs=runs_dir, heuristics=["uniform", "lamp"],
+              compute={"epochs": 12, "finalists": 0}, space={"epochs": 2})
+    train_log = logging.getLogger("sparsesearch.train")
+    stop = _CtrlCInFinalist(epochs=2, at=1)  # the first seed's first epoch
+    train_log.addHandler(stop)
+    level, train_log.level = train_log.level, logging.DEBUG
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _search(tmp_path, **kw)
+    finally:
+        train_log.removeHandler(stop)
+        train_log.setLevel(level)
+    r = _search(tmp_path, **kw)
+    first = r.study.trials[0]
+    assert first.state == optuna.trial.TrialState.FAIL and first.user_attrs["heuristic"] == "uniform"
+    (again,) = [t for t in r.study.trials if t.user_attrs.get("retry_of") == first.number]
+    assert again.params == first.params and again.user_attrs["seed_trial"] is True
+    assert again.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 def test_unknown_space_key_suggests(tmp_path):
