@@ -745,14 +745,33 @@ def _check_identity(storage: Any, study_name: str, identity: Mapping[str, Any]) 
     diff = [k for k in identity if json.dumps(stored.get(k), sort_keys=True, default=str)
             != json.dumps(identity[k], sort_keys=True, default=str)]
     if diff:
-        shown = "; ".join(f"{k}: stored {_short(stored.get(k))}, now {_short(identity[k])}" for k in diff)
+        shown = "; ".join(_difference(k, stored.get(k), identity[k]) for k in diff)
         raise SparsesearchError(
             f"study {study_name!r} holds another problem ({shown}); resume it with the same "
             f"settings, or give another study name"
         )
 
 
-def _short(value: Any) -> str:
+def _difference(key: str, stored: Any, now: Any) -> str:
+    """``space.epochs: stored 3, now 4``: the differing entries of two settings tables by
+    name (a whole table cut to 80 characters can hide them), else the values themselves."""
+    if isinstance(stored, Mapping) and isinstance(now, Mapping):
+        def same(a: Any, b: Any) -> bool:
+            return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+        missing = object()
+        keys = sorted(set(stored) | set(now), key=str)
+        parts = [f"{key}.{k}: stored {_short(stored.get(k, missing), missing)}, now "
+                 f"{_short(now.get(k, missing), missing)}"
+                 for k in keys if not same(stored.get(k, missing), now.get(k, missing))]
+        if parts:
+            return "; ".join(parts)
+    return f"{key}: stored {_short(stored)}, now {_short(now)}"
+
+
+def _short(value: Any, missing: Any = None) -> str:
+    if missing is not None and value is missing:
+        return "(not set)"
     text = json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= 80 else text[:77] + "..."
 

@@ -199,8 +199,12 @@ def test_resume_after_an_interruption_keeps_the_accounting(tmp_path, runs_dir):
 
 def test_resume_with_another_problem_is_refused_before_any_work(tmp_path, runs_dir):
     _search(tmp_path, name="c", runs=runs_dir, n_trials=1, compute={**COMPUTE, "epochs": 10})
-    with pytest.raises(SparsesearchError, match=r"holds another problem \(compute: stored .*\"epochs\": 10"):
+    with pytest.raises(SparsesearchError, match=r"holds another problem \(compute.epochs: stored 10, now 40\)"):
         _search(tmp_path, name="c", runs=runs_dir, n_trials=1)
+    # a setting deep in a table is named, not hidden in a cut-off dump of the table
+    with pytest.raises(SparsesearchError, match=r"space.epochs: stored 3, now 4"):
+        _search(tmp_path, name="c", runs=runs_dir, n_trials=1, compute={**COMPUTE, "epochs": 10},
+                space={**SPACE, "epochs": 4})
     # another seed: refused before a new dense model is trained (none is written)
     dense_files = sorted((runs_dir / "c").glob("dense-*.pt"))
     with pytest.raises(SparsesearchError, match=r"holds another problem \(seed: stored 0, now 7"):
