@@ -185,13 +185,15 @@ def _prepare_dense(
         cache_path = cache_dir / f"dense-{key}.pt"
     if cache_path is not None and cache_path.is_file():
         log.info("dense model: loading the cached %s", cache_path)
-    else:
+
+    def say_training() -> None:  # in the one worker that trains it (the others load the cache)
         log.info("dense model: training %s for %d epochs%s", label or type(model).__name__, dense.epochs,
                  f" (cached as {cache_path})" if cache_path is not None else "")
+
     return train_dense(
         model, splits, epochs=dense.epochs, lr=dense.lr, optimizer=dense.optimizer,
         batch_size=dense.batch_size, seed=seed, device=device, cache_path=cache_path,
-        weight_decay=dense.weight_decay,
+        weight_decay=dense.weight_decay, on_train=say_training,
     )
 
 

@@ -427,17 +427,21 @@ def train_dense(
     device: str | torch.device = "cpu",
     weight_decay: float = 0.0,
     cache_path: str | os.PathLike | None = None,
+    on_train: Callable[[], None] | None = None,
 ) -> nn.Module:
     """Train ``model`` densely on ``splits.train`` (in place) and return it.
 
     With ``cache_path``: when the file exists, its state_dict is loaded (``weights_only``)
     instead of training; otherwise the trained weights are written there atomically. A file
     lock next to it lets concurrent workers train once and share the result. The caller picks
-    a path that identifies the model, data and training settings.
+    a path that identifies the model, data and training settings. ``on_train()`` is called
+    right before the training itself (in the one worker that trains), e.g. to say so.
     """
     device = resolve_device(device)
 
     def train() -> nn.Module:
+        if on_train is not None:
+            on_train()
         phase = _PHASE.set("dense")  # labels fit's per-epoch records (EPOCH_RECORD)
         try:
             fit(
