@@ -117,12 +117,23 @@ class Progress:
             since = (now - current.datetime_start).total_seconds()
             self.start = time.monotonic() - max(since, 0.0)
         for t in study.get_trials(deepcopy=False):
-            if t.number != current.number:
+            # what the study held before this invocation: the trials finished before this
+            # display was created (a --workers parent sees its workers' first trials late,
+            # and they come through this callback, so they are not counted twice)
+            if t.number != current.number and self._finished_before(t):
                 self._update_best(t)
                 self.epochs_before += int(t.user_attrs.get("epochs", 0) or 0)
         compute = study.user_attrs.get("compute")
         if isinstance(compute, dict) and compute.get("epochs"):
             self.compute = float(compute["epochs"])
+
+    def _finished_before(self, trial: FrozenTrial) -> bool:
+        done = trial.datetime_complete
+        if done is None or not trial.state.is_finished():
+            return False
+        created = datetime.datetime.now(done.tzinfo) - datetime.timedelta(
+            seconds=time.monotonic() - self.created)
+        return done < created
 
     def _update_best(self, trial: FrozenTrial) -> None:
         if trial.state != TrialState.COMPLETE or not trial.values:

@@ -137,6 +137,27 @@ def test_not_a_terminal_one_plain_line_per_finished_trial():
     assert "dense" not in stream.getvalue()  # the epoch records draw nothing off a terminal
 
 
+def test_trials_finished_before_the_display_count_once_and_later_ones_through_it():
+    # a study with 2 trials from an earlier run; then the display starts, and (as a --workers
+    # parent that polls its workers' study) it is handed trials that had already finished
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("compute", {"epochs": 40})
+
+    def objective(trial):
+        trial.set_user_attr("epochs", 4)
+        return 0.5 + trial.number / 100
+
+    study.optimize(objective, n_trials=2)
+    stream = io.StringIO()
+    progress = Progress(None, stream=stream)
+    study.optimize(objective, n_trials=3)  # the workers' trials, seen by the parent later
+    for t in study.trials[2:]:
+        progress(study, t)
+    lines = stream.getvalue().splitlines()
+    assert [re.search(r"epochs (\d+)/40", line).group(1) for line in lines] == ["12", "16", "20"]
+    assert re.search(r"best 0\.5200 \(#2\)", lines[0])  # not the last trial's, seen later
+
+
 def test_the_log_handler_hands_epoch_records_to_the_display():
     stream = Terminal()
     progress = Progress(None, stream=stream, width=80)
