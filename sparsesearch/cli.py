@@ -325,8 +325,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.max_complete is not None:
         limits.append(f"until {cfg.max_complete} complete")
     # shown with the first trial, so errors before it (data, model, budget) stay one line
+    unit = "" if cfg.budget_metric != "macs" else " MACs" if isinstance(cfg.budget, int) else " of the MACs"
     header = (f"sparsesearch: study {cfg.name!r} in {mask_url(storage)}: "
-              f"{' / '.join(limits)} ({cfg.model} on {cfg.data}, budget {cfg.budget})")
+              f"{' / '.join(limits)} ({cfg.model} on {cfg.data}, budget {cfg.budget}{unit})")
     progress = None if args.quiet else Progress(cfg.n_trials, timeout=cfg.timeout, header=header)
     handler.progress = progress
     handler.epoch_lines = _VERBOSITY[0] > 0  # fit's per-epoch records as log lines with -v
