@@ -271,11 +271,11 @@ def test_the_callers_module_is_left_as_given_and_the_same_call_resumes(tmp_path,
     assert again.best_trial.number == first.best_trial.number
 
 
-class _CtrlCInFinalist(logging.Handler):
-    """Raises KeyboardInterrupt from fit's per-epoch record of a finalist (a training of
-    ``epochs`` epochs) at its ``at``-th epoch: Ctrl-C exactly there, without a signal race."""
+class _CtrlCAt(logging.Handler):
+    """Raises KeyboardInterrupt from fit's per-epoch record of a training of ``epochs`` epochs
+    at its ``at``-th epoch: Ctrl-C exactly there, without a signal race."""
 
-    def __init__(self, epochs, at=2):
+    def __init__(self, epochs, at):
         super().__init__(logging.DEBUG)
         self.epochs, self.at, self.fired = epochs, at, False
 
@@ -286,11 +286,10 @@ class _CtrlCInFinalist(logging.Handler):
             raise KeyboardInterrupt
 
 
-def test_a_finalist_stopped_by_ctrl_c_trains_again_when_the_study_is_resumed(tmp_path, runs_dir):
-    kw = dict(name="resume-final", runs=runs_dir, heuristics=["uniform", "lamp"],
-              compute={"epochs": 20, "final_share": 0.5, "finalists": 1}, space={"epochs": 2})
+def _interrupted_search(tmp_path, *, epochs, at, **kw):
+    """``_search`` stopped by Ctrl-C at that epoch of that training (see :class:`_CtrlCAt`)."""
     train_log = logging.getLogger("sparsesearch.train")
-    stop = _CtrlCInFinalist(epochs=10)
+    stop = _CtrlCAt(epochs, at)
     train_log.addHandler(stop)
     level, train_log.level = train_log.level, logging.DEBUG
     try:
@@ -300,6 +299,12 @@ def test_a_finalist_stopped_by_ctrl_c_trains_again_when_the_study_is_resumed(tmp
         train_log.removeHandler(stop)
         train_log.setLevel(level)
     assert stop.fired
+
+
+def test_a_finalist_stopped_by_ctrl_c_trains_again_when_the_study_is_resumed(tmp_path, runs_dir):
+    kw = dict(name="resume-final", runs=runs_dir, heuristics=["uniform", "lamp"],
+              compute={"epochs": 20, "final_share": 0.5, "finalists": 1}, space={"epochs": 2})
+    _interrupted_search(tmp_path, epochs=10, at=2, **kw)  # the finalist's second epoch
     r = _search(tmp_path, **kw)  # the resume: the finalist is queued again and trains in full
     finals = [t for t in r.study.trials if t.user_attrs.get("phase") == "final"]
     assert [t.state for t in finals] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
@@ -310,16 +315,7 @@ def test_a_finalist_stopped_by_ctrl_c_trains_again_when_the_study_is_resumed(tmp
 def test_a_heuristic_seed_stopped_by_ctrl_c_is_queued_again_on_resume(tmp_path, runs_dir):
     kw = dict(name="resume-seed", runs=runs_dir, heuristics=["uniform", "lamp"],
               compute={"epochs": 12, "finalists": 0}, space={"epochs": 2})
-    train_log = logging.getLogger("sparsesearch.train")
-    stop = _CtrlCInFinalist(epochs=2, at=1)  # the first seed's first epoch
-    train_log.addHandler(stop)
-    level, train_log.level = train_log.level, logging.DEBUG
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            _search(tmp_path, **kw)
-    finally:
-        train_log.removeHandler(stop)
-        train_log.setLevel(level)
+    _interrupted_search(tmp_path, epochs=2, at=1, **kw)  # the first seed's first epoch
     r = _search(tmp_path, **kw)
     first = r.study.trials[0]
     assert first.state == optuna.trial.TrialState.FAIL and first.user_attrs["heuristic"] == "uniform"
