@@ -35,7 +35,7 @@ from sparsesearch import record
 from sparsesearch.errors import SparsesearchError
 from sparsesearch.interrupts import Terminated, handling_interrupts
 from sparsesearch.models import locked_cache
-from sparsesearch.storage import _RUN_ATTRS, describe_storage_error, is_storage_error
+from sparsesearch.storage import _RUN_ATTRS, RETRY_OF_ATTR, describe_storage_error, is_storage_error
 
 __all__ = [
     "SURPLUS_ATTR",
@@ -243,10 +243,10 @@ def requeue_interrupted(study: optuna.Study, key: Callable[[FrozenTrial], Any],
         if any(t.state != TrialState.FAIL for t in same):
             continue  # done, running, waiting, or pruned: nothing lost
         last = same[-1]
-        if not was_interrupted(last) or any(t.user_attrs.get("retry_of") == last.number for t in trials):
+        if not was_interrupted(last) or any(t.user_attrs.get(RETRY_OF_ATTR) == last.number for t in trials):
             continue
         study.enqueue_trial(dict(last.params), user_attrs={
-            **{k: last.user_attrs[k] for k in inputs if k in last.user_attrs}, "retry_of": last.number,
+            **{k: last.user_attrs[k] for k in inputs if k in last.user_attrs}, RETRY_OF_ATTR: last.number,
         }, skip_if_exists=False)
         again.append(last)
     return again
