@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 
 CONFIG_ATTR = "sparsesearch_config"
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth")
+# names that read as files of another kind: refused rather than made into a folder
+_FILE_SUFFIXES = frozenset({".txt", ".pt2", ".onnx", ".bin", ".pkl", ".pickle", ".ckpt", ".h5",
+                            ".npz", ".npy", ".zip", ".tar", ".gz", ".csv", ".md", ".yaml", ".toml"})
 
 
 def has_safetensors() -> bool:
@@ -88,8 +91,24 @@ def output_paths(out: str | os.PathLike) -> tuple[Path, Path]:
         )
     if p.exists() and not p.is_dir():
         raise SparsesearchError(f"--out {out} exists and is not a folder or a model file")
+    if p.suffix.lower() in _FILE_SUFFIXES and not p.is_dir():  # meant as a file, not a folder
+        raise SparsesearchError(
+            f"--out {out}: a model file ends in {', '.join(MODEL_SUFFIXES)} (the .pt2 program and "
+            "ONNX are written next to it); any other name is a folder")
     name = "model.safetensors" if has_safetensors() else "model.pt"
     return p / name, p / "recipe.json"
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail now, in one line, when ``folder`` could not be created or written: its nearest
+    existing ancestor is a file, or is not writable."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SparsesearchError(f"cannot create the folder {folder}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK):
+        raise SparsesearchError(f"cannot write into {folder}: {existing} is not writable")
 
 
 def _make_folder(folder: Path) -> None:
@@ -479,6 +498,7 @@ def export_trial(
     a stored configuration naming ``module:function`` code (see :func:`config_from_study`).
     """
     run_dir = run_folder(runs_dir, study.study_name)  # the name may come from an untrusted storage
+    _check_writable(output_paths(out)[0].parent)  # a bad --out fails before any rebuilding
     t = pick_trial(study, trial)
     stored = float(t.values[0])
     state = _from_best_file(study, t, run_dir)

@@ -55,6 +55,18 @@ def test_output_paths(tmp_path):
     (tmp_path / "file.bin").write_bytes(b"x")
     with pytest.raises(SparsesearchError, match="not a folder"):
         output_paths(tmp_path / "file.bin")
+    for name in ("m.txt", "m.onnx", "m.pt2"):  # read as files: not silently made into folders
+        with pytest.raises(SparsesearchError, match="a model file ends in .safetensors, .pt, .pth"):
+            output_paths(tmp_path / name)
+    assert output_paths(tmp_path / "run.v2")[0].parent == tmp_path / "run.v2"  # a dotted folder
+
+
+def test_a_bad_out_fails_before_the_trial_is_rebuilt(searched, tmp_path):
+    result, storage, tmp = searched
+    study = optuna.load_study(study_name="e", storage=storage)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SparsesearchError, match="afile is not a folder"):
+        export_trial(study, tmp_path / "afile" / "sub" / "m.pt", trial=0, runs_dir=tmp / "runs")
 
 
 def test_state_dict_formats(tmp_path):
