@@ -232,18 +232,17 @@ def requeue_interrupted(study: optuna.Study, key: Callable[[FrozenTrial], Any],
     the same parameters and the user attributes ``inputs``, plus ``retry_of``. Returns the
     trials queued again. (Seeds and finalists are the study's chosen candidates: losing one
     to an interruption would change the result, unlike a sampled trial.)"""
-    trials = study.get_trials(deepcopy=False)
     by_key: dict[Any, list[FrozenTrial]] = {}
-    for t in trials:
+    for t in study.get_trials(deepcopy=False):
         k = key(t)
         if k is not None:
             by_key.setdefault(k, []).append(t)
     again = []
-    for same in by_key.values():
+    for same in by_key.values():  # a copy queued before has the same key: it is in ``same``
         if any(t.state != TrialState.FAIL for t in same):
             continue  # done, running, waiting, or pruned: nothing lost
         last = same[-1]
-        if not was_interrupted(last) or any(t.user_attrs.get(RETRY_OF_ATTR) == last.number for t in trials):
+        if not was_interrupted(last):
             continue
         study.enqueue_trial(dict(last.params), user_attrs={
             **{k: last.user_attrs[k] for k in inputs if k in last.user_attrs}, RETRY_OF_ATTR: last.number,

@@ -744,8 +744,7 @@ def _check_identity(storage: Any, study_name: str, identity: Mapping[str, Any]) 
     stored = storage.get_study_user_attrs(study_id).get(record.IDENTITY)
     if stored is None:
         return  # written by an older sparsesearch: only the budget is compared, below
-    diff = [k for k in identity if json.dumps(stored.get(k), sort_keys=True, default=str)
-            != json.dumps(identity[k], sort_keys=True, default=str)]
+    diff = [k for k in identity if not _same(stored.get(k), identity[k])]
     if diff:
         shown = "; ".join(_difference(k, stored.get(k), identity[k]) for k in diff)
         raise SparsesearchError(
@@ -758,21 +757,26 @@ def _difference(key: str, stored: Any, now: Any) -> str:
     """``space.epochs: stored 3, now 4``: the differing entries of two settings tables by
     name (a whole table cut to 80 characters can hide them), else the values themselves."""
     if isinstance(stored, Mapping) and isinstance(now, Mapping):
-        def same(a: Any, b: Any) -> bool:
-            return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
-
-        missing = object()
         keys = sorted(set(stored) | set(now), key=str)
-        parts = [f"{key}.{k}: stored {_short(stored.get(k, missing), missing)}, now "
-                 f"{_short(now.get(k, missing), missing)}"
-                 for k in keys if not same(stored.get(k, missing), now.get(k, missing))]
+        parts = [f"{key}.{k}: stored {_short(stored.get(k, _MISSING))}, now {_short(now.get(k, _MISSING))}"
+                 for k in keys if not _same(stored.get(k, _MISSING), now.get(k, _MISSING))]
         if parts:
             return "; ".join(parts)
     return f"{key}: stored {_short(stored)}, now {_short(now)}"
 
 
-def _short(value: Any, missing: Any = None) -> str:
-    if missing is not None and value is missing:
+_MISSING = object()  # a key one of two settings tables lacks
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as stored (JSON, keys sorted): what the study holds against what is asked now."""
+    if a is _MISSING or b is _MISSING:
+        return a is b
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def _short(value: Any) -> str:
+    if value is _MISSING:
         return "(not set)"
     text = json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -1184,11 +1188,10 @@ def _no_complete_trial(name: str, trials: Sequence[optuna.trial.FrozenTrial]) ->
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     if not failed:
         return NoCompleteTrialError(f"study {name!r} has no COMPLETE trial yet")
-    reasons = collections.Counter(
-        str(t.user_attrs.get(record.FAIL_REASON) or "no reason stored").splitlines()[0] for t in failed)
-    reason, count = reasons.most_common(1)[0]
-    first = next(t for t in failed if str(t.user_attrs.get(record.FAIL_REASON) or
-                                          "no reason stored").splitlines()[0] == reason)
+    why = {t.number: (str(t.user_attrs.get(record.FAIL_REASON) or "no reason stored").splitlines()
+                      or ["no reason stored"])[0] for t in failed}
+    reason, count = collections.Counter(why.values()).most_common(1)[0]
+    first = next(t for t in failed if why[t.number] == reason)
     which = "all with" if count == len(failed) else f"{count} of them with"
     finished = [t for t in trials if t.state.is_finished()]
     return NoCompleteTrialError(
