@@ -27,7 +27,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 from sparsesearch.budget import HEURISTICS
 from sparsesearch.errors import SparsesearchError, did_you_mean
 from sparsesearch.fidelity import ComputeBudget
-from sparsesearch.options import KIND, described, option
+from sparsesearch.options import DOC, KIND, NUMBER_OR_RANGE, described, option
 from sparsesearch.search import DenseSettings
 from sparsesearch.space import SearchSpace
 from sparsesearch.storage import check_study_name, mask_url, resolve_storage_spec
@@ -54,7 +54,6 @@ class ConfigError(SparsesearchError):
 # (section, key) and which keyword of search() it becomes; [space], [compute] and [dense] are
 # the fields of SearchSpace, ComputeBudget and DenseSettings (sparsesearch.options).
 
-_SPACE_NUMBER = "number or [low, high]"
 
 SECTION = "sparsesearch.section"  # the study-file section a StudyConfig field is read from
 KEY = "sparsesearch.key"  # ... and its key there (absent: the whole section is the field)
@@ -258,7 +257,7 @@ def _schema() -> dict[str, dict[str, tuple[str, str]]]:
             continue
         keys = schema.setdefault(section, {})
         if KEY in f.metadata:
-            keys[f.metadata[KEY]] = (f.metadata[KIND], f.metadata["sparsesearch.doc"])
+            keys[f.metadata[KEY]] = (f.metadata[KIND], f.metadata[DOC])
         else:
             table = f.metadata[TABLE]
             keys.update(table if isinstance(table, dict) else described(table))
@@ -387,7 +386,7 @@ def _check_value(where: str, dotted: str, kind: str, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise _type_error(where, dotted, "a list of strings", value)
         return tuple(value)
-    if kind == _SPACE_NUMBER:
+    if kind == NUMBER_OR_RANGE:
         if _is_number(value):
             return value
         if isinstance(value, list) and 1 <= len(value) <= 2 and all(_is_number(v) for v in value):

@@ -16,6 +16,7 @@ __all__ = ["option", "described"]
 
 KIND = "sparsesearch.kind"
 DOC = "sparsesearch.doc"
+NUMBER_OR_RANGE = "number or [low, high]"  # the kind of a searchable number ([space])
 
 
 def option(default: Any = dataclasses.MISSING, *, kind: str, doc: str,

@@ -12,14 +12,13 @@ import math
 from typing import Any, Mapping
 
 from sparsesearch.errors import SparsesearchError, did_you_mean
-from sparsesearch.options import option
+from sparsesearch.options import NUMBER_OR_RANGE as _NUMBER_OR_RANGE, option
 
 __all__ = ["SearchSpace"]
 
 Range = tuple[float, float]
 
 ALLOCATION_MODES = ("family", "heuristics", "layers")
-_NUMBER_OR_RANGE = "number or [low, high]"  # the study-file kind of a searchable number
 
 
 @dataclasses.dataclass(frozen=True)

@@ -251,14 +251,18 @@ def _result(kw: Mapping[str, Any], spec: str, evaluate_test: bool) -> Any:
     study_name = kw.get("study_name", "sparsesearch")
     runs_dir = kw.get("runs_dir", "runs")
     with quiet_optuna(level=logging.ERROR):
+        storage = make_storage(spec, study_name=study_name, runs_dir=runs_dir, heartbeat_interval=None)
+        try:  # before the dense model: every worker may have ended (killed) before creating it
+            study = optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:
+            raise SparsesearchError(
+                f"study {study_name!r} was not created: the workers ended before it") from None
         dense_model, splits = prepare_dense_model(
             kw["model"], kw["data"], seed=kw.get("seed", 0), dense=kw.get("dense"),
             trained=kw.get("trained"), model_kwargs=kw.get("model_kwargs"),
             data_options=kw.get("data_options"), checkpoint=kw.get("checkpoint"),
             device=kw.get("device", "cpu"), runs_dir=runs_dir, study_name=study_name,
         )
-        storage = make_storage(spec, study_name=study_name, runs_dir=runs_dir, heartbeat_interval=None)
-        study = optuna.load_study(study_name=study_name, storage=storage)
         return study_result(study, dense_model, splits, device=kw.get("device", "cpu"),
                             evaluate_test=evaluate_test)
 

@@ -235,3 +235,15 @@ def test_run_workers_builds_the_result_without_searching_again(tmp_path, monkeyp
     assert result.params == result.best_trial.user_attrs["params"] <= result.budget_params
     assert count_params(result.model).remaining == result.params
     assert result.compute_budget == 8 and result.dense_val_accuracy == study.user_attrs["dense_val_accuracy"]
+
+
+def test_a_study_the_workers_never_created_is_one_line_not_a_keyerror(tmp_path):
+    # every worker killed before creating the study: the parent's result says so, before it
+    # would train the dense model itself
+    from sparsesearch.errors import SparsesearchError
+    from sparsesearch.workers import _result
+
+    kw = {"model": "digits-mlp", "data": "digits", "study_name": "never", "runs_dir": tmp_path}
+    with pytest.raises(SparsesearchError, match="study 'never' was not created: the workers ended before it"):
+        _result(kw, f"journal:{tmp_path / 'j.log'}", evaluate_test=False)
+    assert not list(tmp_path.rglob("dense-*.pt"))
