@@ -275,7 +275,7 @@ def config_from_study(study: optuna.Study, *, trust: bool = False):
         if not trust:
             check_trusted(config, study.study_name)
         return config
-    settings = attrs.get("settings")
+    settings = attrs.get(record.SETTINGS)
     if not isinstance(settings, Mapping):
         raise SparsesearchError(
             f"study {study.study_name!r} was not created by sparsesearch (no 'settings' attribute)"
@@ -532,7 +532,7 @@ def _with_counts(result: ExportResult, study: optuna.Study, trial: FrozenTrial,
                  nonzero: int | None) -> ExportResult:
     metric = study.user_attrs.get(record.BUDGET_METRIC, "params")
     metric = metric if metric in ("params", "macs") else "params"
-    count = trial.user_attrs.get(record.PARAMS if metric == "params" else "macs")
+    count = trial.user_attrs.get(record.PARAMS if metric == "params" else record.MACS)
     budget = study.user_attrs.get(record.budget_key(metric))
     if isinstance(trial.params.get("budget"), (int, float)):  # a pareto study: the trial's own
         budget = trial.params["budget"]

@@ -361,7 +361,7 @@ def _compute_lines(study: optuna.Study, trials: Sequence[FrozenTrial], best: Fro
                    val_size: Any) -> list[str]:
     """How the compute budget was spent, and where the final model came from."""
     attrs = study.user_attrs
-    compute = attrs.get("compute") or {}
+    compute = attrs.get(record.COMPUTE) or {}
     if not compute:
         return []
     screen = [t for t in trials if t.user_attrs.get(record.PHASE, record.SCREEN) != record.FINAL]
@@ -374,7 +374,7 @@ def _compute_lines(study: optuna.Study, trials: Sequence[FrozenTrial], best: Fro
     out.append(f"- Budget: {total:g} fine-tuning epochs (dense training apart: "
                f"{attrs.get('dense_epochs', '?')} epochs); spent **{ep(trials)}**.")
     out.append(f"- Screening: {ep(screen)} epochs over {len(screen)} trials: {len(full)} ran their full "
-               f"{max((t.user_attrs.get('epochs', 0) for t in full), default=0)} epochs, {len(stopped)} "
+               f"{max((t.user_attrs.get(record.EPOCHS, 0) for t in full), default=0)} epochs, {len(stopped)} "
                f"were stopped early by successive halving or the budget "
                f"({ep(stopped)} epochs).")
     if finals:
@@ -565,7 +565,7 @@ def _row(label: str, t: FrozenTrial | None, attrs: dict[str, Any], total: int | 
     retrain = (t.user_attrs.get(record.RECIPE) or {}).get("retrain") or {}
     lr = retrain.get("lr")
     return (
-        f"| {label} | #{t.number} | {t.user_attrs.get('strategy', '—')} | {_pct(val)} | "
+        f"| {label} | #{t.number} | {t.user_attrs.get(record.STRATEGY, '—')} | {_pct(val)} | "
         f"{'—' if se is None else f'±{100 * se:.2f}'} | {_pct(_test_accuracy(attrs, t.number))} | "
         f"{_int(params)} | {comp} | {'—' if lr is None else f'{lr:.3g}'} |"
     )
@@ -597,7 +597,7 @@ def write_report(
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     attrs = dict(study.user_attrs)
-    settings = attrs.get("settings") or {}
+    settings = attrs.get(record.SETTINGS) or {}
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     counts = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
@@ -614,7 +614,7 @@ def write_report(
     if any(t.intermediate_values for t in trials):
         images.append(("Learning curves (validation accuracy per epoch)",
                        plot_learning_curves(study, plots / "learning_curves.png")))
-    if attrs.get("compute"):
+    if attrs.get(record.COMPUTE):
         images.append(("Validation accuracy vs compute spent",
                        plot_accuracy_vs_compute(study, plots / "accuracy_vs_compute.png")))
     images.append(("Validation accuracy vs remaining parameters",
@@ -669,7 +669,7 @@ def write_report(
             se = standard_error(dense_val, val_size) if val_size else None
             add(f"| dense | — | — | {_pct(dense_val)} | {'—' if se is None else f'±{100 * se:.2f}'} | "
                 f"{_pct(dense_test)} | {_int(total)} | 1.0× | — |")
-        label = "**best**" + (f" ({best.user_attrs['heuristic']} seed)" if best.user_attrs.get(record.HEURISTIC) else "")
+        label = "**best**" + (f" ({best.user_attrs[record.HEURISTIC]} seed)" if best.user_attrs.get(record.HEURISTIC) else "")
         add(_row(label, best, attrs, total, val_size))
         for h, t in heur.items():
             add(_row(h, t, attrs, total, val_size))
@@ -686,7 +686,7 @@ def write_report(
         if best_heur is not None:
             gap = p - _val(best_heur)
             add(f"The best trial is {100 * gap:+.2f} points from the best heuristic "
-                f"({best_heur.user_attrs['heuristic']}, #{best_heur.number}), "
+                f"({best_heur.user_attrs[record.HEURISTIC]}, #{best_heur.number}), "
                 f"{gap / se if se > 0 else float('nan'):.1f} standard errors.")
         add("")
         add(f"The best of {len(complete)} trials is chosen on this split, so its validation accuracy "
@@ -718,7 +718,7 @@ def write_report(
             params = t.user_attrs.get(record.PARAMS)
             comp = f"{total / max(params, 1):.1f}×" if total and isinstance(params, (int, float)) else "—"
             add(f"| #{t.number} | {_pct(_val(t))} | {_int(params)} | {comp} | "
-                f"{t.user_attrs.get('heuristic') or ''} |")
+                f"{t.user_attrs.get(record.HEURISTIC) or ''} |")
         add("")
         add("Export any point with `sparsesearch export ... --trial N --out PATH`.")
         add("")
