@@ -16,7 +16,8 @@ Trial attributes (``trial.user_attrs``)::
     fail_reason, traceback, surplus
 
 Writing: a trial's attributes are written together when it ends (:func:`trial_attrs`, one
-storage call); the study's set-up attributes together when it is created
+storage call); what the storage holds of a running trial is published when its training starts
+(:func:`publish`); the study's set-up attributes together when it is created
 (:func:`study_attrs`); ``epochs_trained`` when a run of the study ends.
 """
 
@@ -27,7 +28,7 @@ from typing import Any, Container, Mapping
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["budget_key", "study_attrs", "trial_attrs", "trials_at_ask"]
+__all__ = ["budget_key", "publish", "study_attrs", "trial_attrs", "trials_at_ask"]
 
 FORMAT = "format"
 IDENTITY = "identity"  # what makes the study one problem (model, data, budget, seed, space, ...)
@@ -93,6 +94,16 @@ def trial_attrs(trial: Any, attrs: Mapping[str, Any]) -> None:
         return
     batch(trial._trial_id, attrs)
     cached.user_attrs.update(attrs)  # as Trial.set_user_attr keeps it
+
+
+def publish(trial: Any) -> None:
+    """Write what the storage holds of a running trial now (its parameters, before its training
+    starts: other workers' samplers and a retry of a killed worker's trial need them). Only
+    storages that hold writes (:class:`~sparsesearch.write_behind.WriteBehindStorage`) do
+    anything."""
+    write = getattr(getattr(trial, "storage", None), "publish", None)
+    if write is not None:
+        write(trial._trial_id)
 
 
 def study_attrs(study: Any, attrs: Mapping[str, Any]) -> None:

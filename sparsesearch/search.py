@@ -299,7 +299,7 @@ class _Objective:
 
     def __call__(self, trial: optuna.Trial) -> Any:
         # what the trial records, written in one storage call however it ends (a RUNNING
-        # trial shows its parameters and intermediate values only)
+        # trial shows its parameters and, at most a few seconds late, its intermediate values)
         attrs: dict[str, Any] = {}
         self.screen_left = None
         try:
@@ -479,6 +479,7 @@ class _Objective:
                        if strat.granularity == "channel" else "")
                 )
 
+        record.publish(trial)  # its parameters in the storage before its first epoch
         try:
             out = replay(
                 self.dense, recipe, self.splits, device=self.device,

@@ -20,10 +20,16 @@ masked), then reported as one :class:`SparsesearchError`; an operation interrupt
 connection is rolled back by the database, so no trial is half written (a trial whose worker
 lost the database stays RUNNING until a heartbeat check marks it FAIL and queues it again).
 
+RDB storages come wrapped in :class:`~sparsesearch.write_behind.WriteBehindStorage`: the
+writes of a trial this process runs are made in a few transactions (when its training starts,
+at most every ``SPARSESEARCH_WRITE_BEHIND`` seconds, default 5, and with its final state)
+instead of one per write.
+
 Environment: ``SPARSESEARCH_HEARTBEAT_INTERVAL`` / ``SPARSESEARCH_HEARTBEAT_GRACE`` (seconds)
 replace the defaults of ``heartbeat_interval`` / ``grace_period``;
 ``SPARSESEARCH_DB_RETRIES`` / ``SPARSESEARCH_DB_RETRY_WAIT`` those of ``connect_retries`` /
-``retry_wait``.
+``retry_wait``; ``SPARSESEARCH_WRITE_BEHIND`` (seconds, 0 = every write at once) the longest
+a running trial's writes wait for their transaction.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import unquote
 
 import optuna
@@ -59,6 +65,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sparsesearch import record
 from sparsesearch.errors import SparsesearchError
 from sparsesearch.interrupts import shielded
+from sparsesearch.write_behind import DEFAULT_INTERVAL, WriteBehindStorage
 
 __all__ = [
     "HEARTBEAT_ATTR",
@@ -346,7 +353,8 @@ def _shield_writes(cls: type) -> type:
     names = {n for n in dir(BaseStorage) if not n.startswith("_")}
     names |= {"_get_stale_trial_ids", "record_heartbeat", "set_trial_user_attrs", "set_study_user_attrs",
               # what Optuna's cache wrapper calls instead of the public names
-              "_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id"}
+              "_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id",
+              "write_trial"}
     for name in sorted(names):
         if callable(getattr(cls, name, None)) and not isinstance(
                 inspect.getattr_static(cls, name), (staticmethod, classmethod)):
@@ -375,7 +383,19 @@ class _NotesWorker:
         if trial_id in noted:
             return
         noted.add(trial_id)
-        self.set_trial_system_attr(trial_id, WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+        self.set_trial_system_attr(trial_id, WORKER_ATTR, _worker())
+
+    def worker_attrs(self, trial_id: int) -> dict[str, Any]:
+        """The worker attribute of a trial this process takes on, for a wrapper that writes it
+        with the trial's own writes (:class:`~sparsesearch.write_behind.WriteBehindStorage`);
+        the heartbeat then does not write it again."""
+        self.__dict__.setdefault("_sparsesearch_noted", set()).add(trial_id)
+        return {WORKER_ATTR: _worker()}
+
+
+def _worker() -> str:
+    """This worker, as ``WORKER_ATTR`` names it: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @_shield_writes
@@ -612,23 +632,93 @@ class _RDBStorage(_NotesWorker, RDBStorage):
         is checked once, and on SQLite and PostgreSQL all keys are one multi-row upsert."""
         from optuna.storages._rdb import models  # imports sqlalchemy (see above)
 
-        model = models.TrialUserAttributeModel
-        dialect = self.engine.name
         with _create_scoped_session(self.scoped_session, True) as session:
-            if dialect == "postgresql" or (dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0)):
-                from sqlalchemy.dialects import postgresql, sqlite  # sqlalchemy is slow to import
+            trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+            self.check_trial_is_updatable(trial_id, trial.state)
+            self._upsert_attrs(session, models.TrialUserAttributeModel, trial_id, attrs)
 
-                trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
-                self.check_trial_is_updatable(trial_id, trial.state)
-                rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
-                insert = (sqlite if dialect == "sqlite" else postgresql).insert(model).values(rows)
-                session.execute(insert.on_conflict_do_update(
-                    index_elements=[model.trial_id, model.key],
-                    set_={"value_json": insert.excluded.value_json},
-                ))
-            else:  # Optuna's own upsert, key by key, in this one transaction
-                for key, value in attrs.items():
-                    self._set_trial_attr_without_commit(session, model, trial_id, key, value)
+    def _upsert(self, model: Any, keys: tuple[str, ...], columns: tuple[str, ...]) -> Any:
+        """The insert-or-replace statement of ``model`` on its unique ``keys`` (SQLite and
+        PostgreSQL), built once and executed with many rows (SQLAlchemy caches its compiled
+        form; a multi-row VALUES of varying length would be compiled anew each time)."""
+        cache = self.__dict__.setdefault("_sparsesearch_upserts", {})
+        if model not in cache:
+            from sqlalchemy.dialects import postgresql, sqlite  # sqlalchemy is slow to import
+
+            insert = (sqlite if self.engine.name == "sqlite" else postgresql).insert(model)
+            cache[model] = insert.on_conflict_do_update(
+                index_elements=[getattr(model, k) for k in keys],
+                set_={c: getattr(insert.excluded, c) for c in columns},
+            )
+        return cache[model]
+
+    def _can_upsert(self) -> bool:
+        dialect = self.engine.name
+        return dialect == "postgresql" or (dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0))
+
+    def _upsert_attrs(self, session: Any, model: Any, trial_id: int, attrs: Mapping[str, Any]) -> None:
+        """``attrs`` of a trial (user or system ``model``) inserted or replaced in ``session``:
+        one statement for all keys on SQLite and PostgreSQL, Optuna's own upsert key by key
+        elsewhere."""
+        if not attrs:
+            return
+        if self._can_upsert():
+            rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+            session.execute(self._upsert(model, ("trial_id", "key"), ("value_json",)), rows)
+        else:
+            for key, value in attrs.items():
+                self._set_trial_attr_without_commit(session, model, trial_id, key, value)
+
+    def _upsert_intermediate_values(self, session: Any, trial_id: int, values: Mapping[int, float]) -> None:
+        from optuna.storages._rdb import models  # imports sqlalchemy (see above)
+
+        if not values:
+            return
+        if not self._can_upsert():
+            for step, value in values.items():
+                self._set_trial_intermediate_value_without_commit(session, trial_id, step, value)
+            return
+        model = models.TrialIntermediateValueModel
+        rows = []
+        for step, value in values.items():
+            stored, kind = model.intermediate_value_to_stored_repr(value)
+            rows.append({"trial_id": trial_id, "step": step, "intermediate_value": stored,
+                         "intermediate_value_type": kind})
+        session.execute(self._upsert(model, ("trial_id", "step"), ("intermediate_value", "intermediate_value_type")),
+                        rows)
+
+    def write_trial(self, trial_id: int, *, params: Mapping[str, tuple[float, Any]] | None = None,
+                    intermediate_values: Mapping[int, float] | None = None,
+                    user_attrs: Mapping[str, Any] | None = None, system_attrs: Mapping[str, Any] | None = None,
+                    heartbeat: bool = False, state: TrialState | None = None,
+                    values: Sequence[float] | None = None) -> datetime.datetime | None:
+        """Several writes of one running trial in one transaction (what
+        :class:`~sparsesearch.write_behind.WriteBehindStorage` held): ``params`` (name →
+        internal value and distribution, already checked against the study's), intermediate
+        values, user and system attributes, a ``heartbeat`` (as :meth:`record_heartbeat`), and
+        with a finished ``state`` its values and state. Returns the ``datetime_complete``
+        written with a finished state, else None."""
+        from optuna.storages._rdb import models  # imports sqlalchemy (see above)
+
+        with _create_scoped_session(self.scoped_session) as session:
+            trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=state is not None)
+            self.check_trial_is_updatable(trial_id, trial.state)
+            for name, (internal, distribution) in (params or {}).items():
+                session.add(models.TrialParamModel(
+                    trial_id=trial_id, param_name=name, param_value=internal,
+                    distribution_json=optuna.distributions.distribution_to_json(distribution)))
+            self._upsert_intermediate_values(session, trial_id, intermediate_values or {})
+            self._upsert_attrs(session, models.TrialUserAttributeModel, trial_id, user_attrs or {})
+            self._upsert_attrs(session, models.TrialSystemAttributeModel, trial_id, system_attrs or {})
+            if heartbeat:
+                self._beat(session, trial_id)
+            if state is None:
+                return None
+            for objective, value in enumerate(values or ()):
+                self._set_trial_value_without_commit(session, trial, objective, value)
+            trial.state = state
+            trial.datetime_complete = done = datetime.datetime.now()
+        return done
 
     def set_study_user_attrs(self, study_id: int, attrs: Mapping[str, Any]) -> None:
         """Several user attributes of one study in one transaction: a worker that sees one of
@@ -696,6 +786,19 @@ class _RDBStorage(_NotesWorker, RDBStorage):
             self._note_stale(trial_id, why, grace, worker)
         return [trial_id for trial_id, _ in found]
 
+    @staticmethod
+    def _beat(session: Any, trial_id: int) -> None:
+        """The heartbeat of a trial in ``session``, by the database clock (Optuna's
+        ``record_heartbeat`` in another's transaction)."""
+        import sqlalchemy  # sqlalchemy is slow to import; only RDB storages need it
+        from optuna.storages._rdb import models  # imports sqlalchemy (see above)
+
+        beat = models.TrialHeartbeatModel.where_trial_id(trial_id, session, True)
+        if beat is None:
+            session.add(models.TrialHeartbeatModel(trial_id=trial_id))
+        else:
+            beat.heartbeat = session.execute(sqlalchemy.func.now()).scalar()
+
     def record_heartbeat(self, trial_id: int) -> None:
         try:
             self._note_worker(trial_id)
@@ -716,7 +819,8 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return kwargs
 
 
-def _open_rdb(url: str, *, heartbeat_interval, grace_period, connect_retries, retry_wait) -> RDBStorage:
+def _open_rdb(url: str, *, heartbeat_interval, grace_period, connect_retries, retry_wait,
+              write_behind: float) -> WriteBehindStorage:
     from sqlalchemy.engine import make_url  # sqlalchemy is slow to import; only RDB storages need it
 
     try:
@@ -766,7 +870,7 @@ def _open_rdb(url: str, *, heartbeat_interval, grace_period, connect_retries, re
 
     retrier.attach(storage.engine)  # later (re)connections are retried the same way
     storage._sparsesearch_retrier = retrier
-    return storage
+    return WriteBehindStorage(storage, interval=write_behind, trial_system_attrs=storage.worker_attrs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -837,8 +941,11 @@ def make_storage(
         log.warning("%d workers share the SQLite file %s: SQLite serialises writers and may report "
                     "'database is locked'; prefer journal:PATH or a server database",
                     workers, _mask(resolved))
+    write_behind = _env_number("SPARSESEARCH_WRITE_BEHIND", DEFAULT_INTERVAL, float, off=0.0)
+    if write_behind < 0:
+        raise SparsesearchError(f"SPARSESEARCH_WRITE_BEHIND must be >= 0 seconds, got {write_behind:g}")
     return _open_rdb(resolved, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                     connect_retries=connect_retries, retry_wait=retry_wait)
+                     connect_retries=connect_retries, retry_wait=retry_wait, write_behind=write_behind)
 
 
 def repair_journal(path: str | os.PathLike) -> Path | None:

@@ -148,13 +148,14 @@ def _poll(condition, alive: list[Worker], timeout: float = 120.0, what: str = "c
 
 
 def _running_trial_of(spec: str, pid: int, *, mid_training: bool = True):
-    """A RUNNING trial of worker ``pid`` (past its first epoch with ``mid_training``), or None."""
+    """A RUNNING trial of worker ``pid`` (with ``mid_training``: one whose training started, as
+    its parameters in the storage show: an RDB storage holds its reports a few seconds), or None."""
     study = _load(spec)
     if study is None:
         return None
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if str(t.system_attrs.get(WORKER_ATTR, "")).endswith(f":{pid}"):
-            if not mid_training or t.intermediate_values:
+            if not mid_training or t.params:
                 return t
     return None
 
@@ -228,7 +229,7 @@ def test_a_worker_killed_mid_trial_is_failed_and_its_trial_rerun(tmp_path, reque
     victim = Worker(tmp_path, "victim", study_file, "--storage", spec, "-q", env={"SS_TEST_BLOCK": "1"})
     workers.append(victim)
     killed = _poll(lambda: _running_trial_of(spec, victim.pid), [victim],
-                   what="a RUNNING trial of the victim past its first epoch")
+                   what="a RUNNING trial of the victim in training")
     victim.proc.send_signal(signal.SIGKILL)
     assert victim.proc.wait(30) == -signal.SIGKILL
     # the survivor starts after the kill, so a fast machine cannot let it finish the study
@@ -280,7 +281,7 @@ def test_ctrl_c_fails_the_running_trial_and_says_how_to_resume(tmp_path, workers
         return study and [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                           if t.intermediate_values]
 
-    _poll(running, [w], what="a RUNNING trial past its first epoch")
+    _poll(running, [w], what="a RUNNING trial in training")
     w.proc.send_signal(signal.SIGINT)
     assert w.wait(60) == 130, w.output()
     err = w.err.read_text()

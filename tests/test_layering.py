@@ -50,7 +50,7 @@ LAYERS: dict[str, int] = {
     # L4 replay
     "recipe": 4,
     # L5 study
-    "record": 5, "interrupts": 5, "space": 5, "sampler": 5, "storage": 5, "runner": 5, "fidelity": 5,
+    "record": 5, "interrupts": 5, "write_behind": 5, "space": 5, "sampler": 5, "storage": 5, "runner": 5, "fidelity": 5,
     # L6 search
     "search": 6,
     # L7 workers

@@ -609,27 +609,33 @@ def test_screening_only_when_no_share_is_left_for_finalists(tmp_path, runs_dir):
 
 
 def test_a_trial_writes_its_attributes_in_one_storage_call(tmp_path, runs_dir, monkeypatch):
-    # per trial: one write of its user attributes, and no study attribute (epochs_trained is
-    # written when the run ends), however many trials run
+    # per trial: its user attributes go with its final state in one write (the default SQLite
+    # storage holds them), at most one more write when its training starts, and no study
+    # attribute (epochs_trained is written when the run ends), however many trials run
     from sparsesearch.storage import _RDBStorage
 
-    calls = {"trial_batch": 0, "trial_key": 0, "study": 0}
+    calls = {"trial_batch": 0, "trial_key": 0, "study": 0, "write": 0, "final": 0}
 
     def counter(name, original):
         def counted(self, *a, **k):
             calls[name] += 1
+            if name == "write" and k.get("state") is not None:
+                calls["final"] += 1
+                assert k["user_attrs"]["phase"] in ("screen", "final")
             return original(self, *a, **k)
         return counted
 
     monkeypatch.setattr(_RDBStorage, "set_trial_user_attrs", counter("trial_batch", _RDBStorage.set_trial_user_attrs))
     monkeypatch.setattr(_RDBStorage, "set_trial_user_attr", counter("trial_key", _RDBStorage.set_trial_user_attr))
+    monkeypatch.setattr(_RDBStorage, "write_trial", counter("write", _RDBStorage.write_trial))
     for name in ("set_study_user_attr", "set_study_user_attrs"):
         monkeypatch.setattr(_RDBStorage, name, counter("study", getattr(_RDBStorage, name)))
     r = _search(tmp_path, name="writes", runs=runs_dir, n_trials=6, heuristics=["uniform"],
                 compute={"epochs": 24, "final_share": 0.25})
     trials = r.study.get_trials(deepcopy=False)
     assert len(trials) == 7  # six screened, one finalist
-    assert calls["trial_batch"] == len(trials) and calls["trial_key"] == 0
+    assert calls["trial_batch"] == 0 and calls["trial_key"] == 0
+    assert calls["final"] == len(trials) and calls["write"] <= 2 * len(trials)
     # set-up (one batch), seeds_enqueued, finals_enqueued, epochs_trained, the result (one batch)
     assert calls["study"] == 5
     assert r.study.user_attrs["epochs_trained"] == sum(t.user_attrs["epochs"] for t in trials)

@@ -24,6 +24,7 @@ from sparsesearch.storage import (
     storage_label,
 )
 from sparsesearch.runner import run_study
+from sparsesearch.write_behind import WriteBehindStorage
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 
@@ -40,7 +41,7 @@ def test_default_is_sqlite_for_one_worker_and_journal_for_several(tmp_path):
     assert resolve_storage_spec(None, study_name="s", runs_dir=tmp_path, workers=2) == \
         f"journal:{tmp_path}/s/journal.log"
     one = make_storage(None, study_name="s", runs_dir=tmp_path)
-    assert isinstance(one, optuna.storages.RDBStorage)
+    assert isinstance(one, WriteBehindStorage) and isinstance(one._backend, optuna.storages.RDBStorage)
     assert one.url == f"sqlite:///{tmp_path}/s/study.db"
     many = make_storage(None, study_name="m", runs_dir=tmp_path, workers=3)
     assert isinstance(many, HeartbeatJournalStorage)
@@ -79,13 +80,13 @@ def test_storage_objects_pass_through():
 
 def test_rdb_storage_has_heartbeats_and_retries_stale_trials(tmp_path, monkeypatch):
     s = make_storage(f"sqlite:///{tmp_path}/a.db", study_name="s")
-    assert s.get_heartbeat_interval() == 20 and s.grace_period is None
+    assert s.get_heartbeat_interval() == 20 and _inner(s).grace_period is None
     assert isinstance(s.get_heartbeat_stale_trial_callback(), optuna.storages.RetryHeartbeatStaleTrialCallback)
-    assert s.engine_kwargs["pool_pre_ping"] is True
+    assert _inner(s).engine_kwargs["pool_pre_ping"] is True
     monkeypatch.setenv("SPARSESEARCH_HEARTBEAT_INTERVAL", "2")
     monkeypatch.setenv("SPARSESEARCH_HEARTBEAT_GRACE", "7")
     s = make_storage(f"sqlite:///{tmp_path}/b.db", study_name="s")
-    assert (s.get_heartbeat_interval(), s.grace_period) == (2, 7)
+    assert (s.get_heartbeat_interval(), _inner(s).grace_period) == (2, 7)
     s = make_storage(f"sqlite:///{tmp_path}/c.db", study_name="s", heartbeat_interval=None)
     assert s.get_heartbeat_interval() is None
     with pytest.raises(SparsesearchError):
