@@ -707,7 +707,7 @@ def _plan_all(model: nn.Module, infos: Sequence[Any], layers: Sequence[Any], bud
             plans[g] = plan_budget(
                 model, layers, budget, granularity=g,
                 min_sparsity=space.min_sparsity, max_sparsity=space.max_sparsity,
-                metric=metric, example_input=example,
+                metric=metric, example_input=example, channel_multiple=space.channel_multiple,
             )
     plan = next(iter(plans.values()))
     if plan.budget_params >= plan.total_params:

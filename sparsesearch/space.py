@@ -45,6 +45,8 @@ class SearchSpace:
         alloc_temperature: the range of τ in ``"family"`` mode.
         warmup: share of the optimizer steps with a linear learning-rate warm-up.
         min_sparsity / max_sparsity: per-layer limits every allocation respects.
+        channel_multiple: structured (channel) allocations keep a multiple of this many
+            channels per dependency group, or all of them (default 1: any count).
         batch_size: fine-tuning batch size (fixed).
         heuristic_lrs: learning rates each heuristic seed is enqueued at (default: the
             geometric middle of the ``lr`` range, or the fixed ``lr``).
@@ -78,6 +80,10 @@ class SearchSpace:
         "smallest per-layer sparsity of every allocation (default 0)"))
     max_sparsity: float = option(0.999, kind="number", doc=(
         "largest per-layer sparsity of every allocation (default 0.999)"))
+    channel_multiple: int = option(1, kind="int>=1", doc=(
+        "channel strategies: every layer (dependency group) keeps a multiple of this many "
+        "channels, or all of them (default 1; 8 or 16 make the pruned model faster on CPUs and "
+        "GPUs, whose kernels work on blocks of channels)"))
     batch_size: int = option(128, kind="int>=1", doc="fine-tuning batch size (default 128)")
     heuristic_lrs: tuple[float, ...] | None = option(None, kind="list", doc=(
         "learning rates each heuristic seed is enqueued at (default: one, three quarters up the "
@@ -129,6 +135,9 @@ class SearchSpace:
         for opt in self.optimizers:
             if opt not in ("sgd", "adamw"):
                 raise SparsesearchError(f"unknown optimizer {opt!r}; use 'sgd' or 'adamw'")
+        if (isinstance(self.channel_multiple, bool) or not isinstance(self.channel_multiple, int)
+                or self.channel_multiple < 1):
+            raise SparsesearchError(f"channel_multiple must be an int >= 1, got {self.channel_multiple!r}")
         if not 0 <= self.min_sparsity <= self.max_sparsity < 1:
             raise SparsesearchError(
                 f"need 0 <= min_sparsity <= max_sparsity < 1, got "

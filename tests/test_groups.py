@@ -377,3 +377,65 @@ def test_concat_depthwise_and_grouped_convs_count_exactly(grouped, metric):
         _, result = _mask_and_compact(model, plan, keep, scores, x)
         counted = result.params_after if metric == "params" else count_macs(result.model, x)
         assert counted == plan.params_for(keep), h
+
+
+def _spent_or_full_blocks(plan: ChannelBudgetPlan, keep) -> None:
+    """>= 97 % of the budget, or no group can keep its next block within it."""
+    used = plan.params_for(keep)
+    assert used <= plan.budget_params
+    if used >= 0.97 * plan.budget_params:
+        return
+    gk = plan.group_keep(keep)
+    for g in plan.groups:
+        nxt = min((gk[g.index] // plan.multiple + 1) * plan.multiple, g.size)
+        if gk[g.index] < g.max_keep and nxt <= g.max_keep:
+            more = dict(gk)
+            more[g.index] = nxt
+            assert plan.graph.count(more, plan.metric) > plan.budget_params, g.layers
+
+
+@pytest.mark.parametrize("name,metric", [("conv-bn-head", "params"), ("lenet5", "macs"),
+                                         ("cifar-resnet", "params"), ("mobilenet_v2", "macs")])
+def test_channel_multiple_keeps_blocks_counts_exactly_and_spends_the_budget(name, metric):
+    model, x = _model(name)
+    layers = find_layers(model, example_input=x)
+    m = 8
+    plan = plan_budget(model, layers, 0.3, granularity="channel", metric=metric, example_input=x,
+                       channel_multiple=m)
+    assert plan.multiple == m
+    scores = _l1(layers)
+    gen = torch.Generator().manual_seed(0)
+    heuristics = HEURISTICS if name not in LARGE else ("uniform", "global")
+    keeps = {h: plan.heuristic(h, scores) for h in heuristics}
+    keeps["random"] = plan.project({lb.name: float(torch.rand((), generator=gen)) + 0.1 for lb in plan.layers})
+    for how, keep in keeps.items():
+        gk = plan.group_keep(keep)
+        for g in plan.groups:
+            k = gk[g.index]
+            assert k % m == 0 or k == g.size or g.min_keep == g.max_keep, (how, g.layers, k, g.size)
+        _spent_or_full_blocks(plan, keep)
+        if how in ("uniform", "random"):
+            _, result = _mask_and_compact(model, plan, keep, scores, x)
+            counted = result.params_after if metric == "params" else count_macs(result.model, x)
+            assert counted == plan.params_for(keep), how
+
+
+def test_channel_multiple_1_is_the_plan_without_it():
+    model, x = _model("conv-bn-head")
+    layers = find_layers(model, example_input=x)
+    scores = _l1(layers)
+    one = plan_budget(model, layers, 0.3, granularity="channel", example_input=x, channel_multiple=1)
+    plain = plan_budget(model, layers, 0.3, granularity="channel", example_input=x)
+    for h in HEURISTICS:
+        assert one.heuristic(h, scores) == plain.heuristic(h, scores)
+
+
+def test_channel_multiple_is_checked_and_too_coarse_a_multiple_is_infeasible():
+    model, x = _model("conv-bn-head")
+    layers = find_layers(model, example_input=x)
+    for bad in (0, 2.5, True):
+        with pytest.raises(SparsesearchError, match="channel_multiple must be an int >= 1"):
+            plan_budget(model, layers, 0.3, granularity="channel", example_input=x, channel_multiple=bad)
+    # 16 channels at least per conv (the whole first layer): 3 % of the parameters cannot hold it
+    with pytest.raises(sparsesearch.BudgetError, match="infeasible"):
+        plan_budget(model, layers, 0.03, granularity="channel", example_input=x, channel_multiple=16)

@@ -398,6 +398,31 @@ def test_structured_trials_are_counted_compacted(tmp_path, runs_dir):
     assert r.params < count_params(r.dense_model).total
 
 
+def test_channel_multiple_keeps_every_structured_trial_in_blocks(tmp_path, runs_dir):
+    from sparsesearch.compact import compact
+
+    r = sparsesearch.search(
+        "digits-cnn", "digits", 0.4, strategies=["l1-filter"], n_trials=3,
+        storage=f"sqlite:///{tmp_path / 's.db'}", study_name="blocks", runs_dir=runs_dir,
+        dense={"epochs": 3, "lr": 0.1, "optimizer": "sgd"},
+        space={"lr": 0.01, "epochs": 1, "channel_multiple": 8}, compute=8, heuristics=["uniform", "lamp"],
+    )
+    sizes = {"features.0": 16, "features.2": 32, "classifier.1": 64}
+    complete = r.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert complete
+    for t in complete:
+        assert t.user_attrs["params"] <= r.budget_params
+        for name, units in sizes.items():
+            kept = units - round(t.user_attrs["sparsity"][name] * units)
+            assert kept % 8 == 0 and kept > 0, (t.number, name, kept)
+    train = sparsesearch.load_dataset("digits").train
+    small = compact(r.model, example_input=torch.stack([train[0][0], train[1][0]])).model
+    widths = [m.out_channels for m in small.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths and all(w % 8 == 0 for w in widths), widths
+    with pytest.raises(SparsesearchError, match="channel_multiple must be an int >= 1"):
+        sparsesearch.SearchSpace(channel_multiple=0)
+
+
 def test_mac_budget_is_met_by_every_trial(tmp_path, runs_dir):
     from sparsesearch.macs import count_macs
 

@@ -72,11 +72,16 @@ class _CostModel:
         out, inn = self.state(k)
         return self.const + int((self.quad * out * inn).sum()) + int((self.lin * out).sum())
 
-    def deltas(self, out: torch.Tensor, inn: torch.Tensor) -> torch.Tensor:
-        """Exact cost of keeping one more channel of each group, at state ``(out, inn)``."""
+    def deltas(self, out: torch.Tensor, inn: torch.Tensor, step: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact cost of keeping ``step`` more channels of each group (default one), at state
+        ``(out, inn)``."""
         A, B = self.A, self.B
         q = self.quad[:, None]
-        return (q * (A * inn[:, None] + B * out[:, None] + A * B)).sum(0) + (self.lin[:, None] * A).sum(0)
+        if step is None:
+            return (q * (A * inn[:, None] + B * out[:, None] + A * B)).sum(0) + (self.lin[:, None] * A).sum(0)
+        st = step[None, :]
+        return ((q * (A * inn[:, None] * st + B * out[:, None] * st + A * B * st * st)).sum(0)
+                + (self.lin[:, None] * A * st).sum(0))
 
 
 @dataclasses.dataclass
