@@ -231,12 +231,7 @@ class WriteBehindStorage(_CachedStorage):
         in one transaction where the backend can, one per key where it cannot)."""
         held = self._held.get(trial_id)
         if held is None:
-            batch = getattr(self._backend, "set_trial_user_attrs", None)
-            if batch is not None:
-                return batch(trial_id, attrs)
-            for key, value in attrs.items():
-                self._backend.set_trial_user_attr(trial_id, key, value)
-            return None
+            return self._write_through("set_trial_user_attrs", "set_trial_user_attr", trial_id, attrs)
         attrs = _checked(attrs)
         with self._lock:
             held.user_attrs.update(attrs)
@@ -256,12 +251,17 @@ class WriteBehindStorage(_CachedStorage):
         return None
 
     def set_study_user_attrs(self, study_id: int, attrs: dict[str, Any]) -> None:
-        batch = getattr(self._backend, "set_study_user_attrs", None)
-        if batch is not None:
-            return batch(study_id, attrs)
+        self._write_through("set_study_user_attrs", "set_study_user_attr", study_id, attrs)
+
+    def _write_through(self, batch: str, one: str, owner: int, attrs: dict[str, Any]) -> None:
+        """``attrs`` of a study or trial written now: in one call where the backend batches
+        them (``batch``), else one ``one`` call per key."""
+        write_all = getattr(self._backend, batch, None)
+        if write_all is not None:
+            write_all(owner, attrs)
+            return
         for key, value in attrs.items():
-            self._backend.set_study_user_attr(study_id, key, value)
-        return None
+            getattr(self._backend, one)(owner, key, value)
 
     def publish(self, trial_id: int) -> None:
         """Write what is held of ``trial_id`` in one transaction, on a thread of its own, so

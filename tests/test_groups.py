@@ -93,16 +93,18 @@ def _mask_and_compact(model, plan, keep, scores, x):
 
 
 def _spent_or_full(plan: ChannelBudgetPlan, keep) -> None:
-    """>= 97 % of the budget, or no group can keep one more channel within it."""
+    """>= 97 % of the budget, or no group can keep one more channel (its next block of
+    ``channel_multiple``) within it."""
     used = plan.params_for(keep)
     assert used <= plan.budget_params
     if used >= 0.97 * plan.budget_params:
         return
     gk = plan.group_keep(keep)
     for g in plan.groups:
-        if gk[g.index] < g.max_keep:
+        nxt = min((gk[g.index] // plan.multiple + 1) * plan.multiple, g.size)
+        if gk[g.index] < g.max_keep and nxt <= g.max_keep:
             more = dict(gk)
-            more[g.index] += 1
+            more[g.index] = nxt
             assert plan.graph.count(more, plan.metric) > plan.budget_params, g.layers
 
 
@@ -379,21 +381,6 @@ def test_concat_depthwise_and_grouped_convs_count_exactly(grouped, metric):
         assert counted == plan.params_for(keep), h
 
 
-def _spent_or_full_blocks(plan: ChannelBudgetPlan, keep) -> None:
-    """>= 97 % of the budget, or no group can keep its next block within it."""
-    used = plan.params_for(keep)
-    assert used <= plan.budget_params
-    if used >= 0.97 * plan.budget_params:
-        return
-    gk = plan.group_keep(keep)
-    for g in plan.groups:
-        nxt = min((gk[g.index] // plan.multiple + 1) * plan.multiple, g.size)
-        if gk[g.index] < g.max_keep and nxt <= g.max_keep:
-            more = dict(gk)
-            more[g.index] = nxt
-            assert plan.graph.count(more, plan.metric) > plan.budget_params, g.layers
-
-
 @pytest.mark.parametrize("name,metric", [("conv-bn-head", "params"), ("lenet5", "macs"),
                                          ("cifar-resnet", "params"), ("mobilenet_v2", "macs")])
 def test_channel_multiple_keeps_blocks_counts_exactly_and_spends_the_budget(name, metric):
@@ -413,7 +400,7 @@ def test_channel_multiple_keeps_blocks_counts_exactly_and_spends_the_budget(name
         for g in plan.groups:
             k = gk[g.index]
             assert k % m == 0 or k == g.size or g.min_keep == g.max_keep, (how, g.layers, k, g.size)
-        _spent_or_full_blocks(plan, keep)
+        _spent_or_full(plan, keep)
         if how in ("uniform", "random"):
             _, result = _mask_and_compact(model, plan, keep, scores, x)
             counted = result.params_after if metric == "params" else count_macs(result.model, x)
