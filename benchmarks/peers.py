@@ -78,7 +78,8 @@ RUNS = ROOT / "benchmarks" / "results" / "runs" / "peers"  # dense cache, models
 MODELS = {"bn-cnn": "mnist-5k", "resnet8": "digits"}
 TARGETS = (("params", 0.3), ("params", 0.1), ("macs", 0.4), ("macs", 0.15))
 PEERS = ("tp-uniform", "tp-global", "fastnas")
-METHODS = (*PEERS, "sparsesearch")
+SEARCHES = ("sparsesearch", "sparsesearch-m8")  # -m8: space.channel_multiple = 8
+METHODS = (*PEERS, *SEARCHES)
 SEEDS = (0, 1, 2)
 # the peers' learning-rate grid per model, centred on where they pick: on digits every peer took
 # the top of (3e-4, 1e-3, 3e-3), so its grid is one step up
@@ -234,11 +235,13 @@ def fastnas_prune(dense: nn.Module, splits: Any, kind: str, budget: int, fractio
 # -- sparsesearch ------------------------------------------------------------------------------
 
 
-def run_search(dense: nn.Module, splits: Any, kind: str, fraction: float, seed: int, epochs: int) -> tuple[nn.Module, dict]:
+def run_search(dense: nn.Module, splits: Any, kind: str, fraction: float, seed: int, epochs: int,
+               channel_multiple: int = 1) -> tuple[nn.Module, dict]:
     with tempfile.TemporaryDirectory() as tmp:
         r = sparsesearch.search(copy.deepcopy(dense), (splits.train, splits.val, splits.test), fraction,
                                 strategies="l1-filter", trained=True, seed=seed, compute=epochs,
-                                budget_metric=kind, runs_dir=tmp, study_name="bench")
+                                budget_metric=kind, runs_dir=tmp, study_name="bench",
+                                space={"channel_multiple": channel_multiple})
         small = sparsesearch.compact(r.model, example_input=example(splits, 2))
         info = {"val": r.val_accuracy, "test": r.test_accuracy, "epochs": r.epochs_trained,
                 "trials": len(r.study.trials), "budget_reported": r.budget_params,
@@ -284,12 +287,13 @@ def run_cell(model: str, kind: str, fraction: float, seed: int, method: str, epo
             pruned, info = tp_prune(dense, splits, kind, budget, method == "tp-global")
         elif method == "fastnas":
             pruned, info = fastnas_prune(dense, splits, kind, budget, fraction, tmp)
-        elif method == "sparsesearch":
-            final, info = run_search(dense, splits, kind, fraction, seed, epochs * len(LRS[model]))
+        elif method in SEARCHES:
+            final, info = run_search(dense, splits, kind, fraction, seed, epochs * len(LRS[model]),
+                                     channel_multiple=8 if method == "sparsesearch-m8" else 1)
         else:
             raise SystemExit(f"unknown method {method!r}")
     t_prune = time.perf_counter() - t0
-    if method == "sparsesearch":
+    if method in SEARCHES:
         out.update(info)
         out["seconds_search"] = t_prune
         out["seconds_finetune"] = 0.0
@@ -406,9 +410,36 @@ def render(cells: dict[str, dict[str, Any]]) -> str:
             _ms([r["latency"]["b1"]["ratio"] for r in rs], 1, 2),
             _ms([r["latency"]["b64"]["ratio"] for r in rs], 1, 2),
             _ms([r["seconds_search"] for r in rs], 1, 0),
-            _ms([r["seconds_finetune"] for r in rs], 1, 0) if method != "sparsesearch" else "(in search)",
+            _ms([r["seconds_finetune"] for r in rs], 1, 0) if method not in SEARCHES else "(in search)",
         ]) + " |")
     return "\n".join(lines)
+
+
+def _summary_row(model: str, kind: str, fraction: float, by: dict[str, dict[int, dict[str, Any]]],
+                 ss: str) -> str | None:
+    """One row of :func:`render_summary`: search variant ``ss`` against the best peer, over the
+    seeds every one of them has (None: no such seed)."""
+    seeds = set(by[ss])
+    for m in PEERS:
+        seeds &= set(by.get(m, {}))
+    if not seeds:
+        return None
+
+    def mean(method: str, f: Any) -> float:
+        return statistics.mean(f(by[method][s]) for s in seeds)
+
+    test = {m: mean(m, lambda r: r["test"]) for m in (*PEERS, ss)}
+    best = max(PEERS, key=lambda m: test[m])
+    size = mean(ss, lambda r: r[kind]) / mean(best, lambda r: r[kind])
+    lat = mean(ss, lambda r: r["latency"]["b64"]["pruned"]) / mean(best, lambda r: r["latency"]["b64"]["pruned"])
+    t_ss = mean(ss, lambda r: r["seconds"])
+    t_fn, t_fn_all = mean("fastnas", lambda r: r["seconds_search"]), mean("fastnas", lambda r: r["seconds"])
+    return "| " + " | ".join([
+        f"{model} / {fraction * 100:g} % {kind}" + ("" if ss == "sparsesearch" else f" ({ss})"), str(len(seeds)),
+        f"{(test[ss] - test[best]) * 100:+.1f}", f"{best} ({test[best] * 100:.1f})",
+        f"{(test[ss] - test['fastnas']) * 100:+.1f}", f"{size:.2f}×", f"{lat:.2f}×",
+        f"{t_ss / t_fn:.1f}×; {t_ss / t_fn_all:.1f}×",
+    ]) + " |"
 
 
 def render_summary(cells: dict[str, dict[str, Any]]) -> str:
@@ -424,30 +455,10 @@ def render_summary(cells: dict[str, dict[str, Any]]) -> str:
         groups.setdefault((r["model"], r["kind"], r["fraction"]), {}).setdefault(r["method"], {})[r["seed"]] = r
     kinds = {"params": 0, "macs": 1}
     for (model, kind, fraction), by in sorted(groups.items(), key=lambda kv: (kv[0][0], kinds[kv[0][1]], -kv[0][2])):
-        if "sparsesearch" not in by:
-            continue
-        seeds = set(by["sparsesearch"])
-        for m in PEERS:
-            seeds &= set(by.get(m, {}))
-        if not seeds:
-            continue
-
-        def mean(method: str, f: Any) -> float:
-            return statistics.mean(f(by[method][s]) for s in seeds)
-
-        test = {m: mean(m, lambda r: r["test"]) for m in METHODS}
-        best = max(PEERS, key=lambda m: test[m])
-        ss = "sparsesearch"
-        size = mean(ss, lambda r: r[kind]) / mean(best, lambda r: r[kind])
-        lat = mean(ss, lambda r: r["latency"]["b64"]["pruned"]) / mean(best, lambda r: r["latency"]["b64"]["pruned"])
-        t_ss = mean(ss, lambda r: r["seconds"])
-        t_fn, t_fn_all = mean("fastnas", lambda r: r["seconds_search"]), mean("fastnas", lambda r: r["seconds"])
-        lines.append("| " + " | ".join([
-            f"{model} / {fraction * 100:g} % {kind}", str(len(seeds)),
-            f"{(test[ss] - test[best]) * 100:+.1f}", f"{best} ({test[best] * 100:.1f})",
-            f"{(test[ss] - test['fastnas']) * 100:+.1f}", f"{size:.2f}×", f"{lat:.2f}×",
-            f"{t_ss / t_fn:.1f}×; {t_ss / t_fn_all:.1f}×",
-        ]) + " |")
+        for ss in [m for m in SEARCHES if m in by]:
+            row = _summary_row(model, kind, fraction, by, ss)
+            if row:
+                lines.append(row)
     return "\n".join(lines)
 
 
@@ -580,11 +591,11 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     key = f"{model}:{kind}{f}:{seed}:{method}"
                     old = cells.get(key)
-                    stale = (old is not None and method != "sparsesearch"
+                    stale = (old is not None and method not in SEARCHES
                              and [x["lr"] for x in old.get("runs", [])] != list(LRS[model]))
                     if args.redo or old is None or stale:  # a peer run on another lr grid: again
                         todo.append((model, kind, f, seed, method))
-    todo.sort(key=lambda c: (c[3], c[4] == "sparsesearch"))  # seed by seed, the search last
+    todo.sort(key=lambda c: (c[3], c[4] in SEARCHES))  # seed by seed, the search last
     print(f"{len(todo)} cells to run", flush=True)
     for cell in sorted({(m, s) for m, _, _, s, _ in todo}):
         _dense_only(cell)
