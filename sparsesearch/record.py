@@ -28,7 +28,7 @@ from typing import Any, Container, Mapping
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["budget_key", "publish", "study_attrs", "trial_attrs", "trials_at_ask"]
+__all__ = ["budget_key", "publish", "study_attrs", "trial_attrs", "trials_at_ask", "trials_now"]
 
 FORMAT = "format"
 IDENTITY = "identity"  # what makes the study one problem (model, data, budget, seed, space, ...)
@@ -127,6 +127,16 @@ def trials_at_ask(study: Any, states: Container[TrialState] | None = None) -> li
     the objective of one trial make one storage read instead of one each. Only for use while a
     trial runs (outside, the snapshot is the last trial's)."""
     return study._get_trials(deepcopy=False, states=states, use_cache=True)
+
+
+def trials_now(study: Any, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+    """The study's trials (not copied) as the storage holds them now: for decisions that must
+    see every other worker's trial, such as exact trial counts (a storage that answers a
+    second read moments after a first from its cache reads again)."""
+    expire = getattr(getattr(study, "_storage", None), "expire_reads", None)
+    if expire is not None:
+        expire(study._study_id)
+    return study.get_trials(deepcopy=False, states=states)
 
 
 def _batch(storage: Any, name: str) -> Any:

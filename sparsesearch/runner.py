@@ -35,7 +35,14 @@ from sparsesearch import record
 from sparsesearch.errors import SparsesearchError
 from sparsesearch.interrupts import Terminated, handling_interrupts
 from sparsesearch.models import locked_cache
-from sparsesearch.storage import _RUN_ATTRS, RETRY_OF_ATTR, describe_storage_error, is_storage_error
+from sparsesearch.storage import (
+    _RUN_ATTRS,
+    RETRY_OF_ATTR,
+    describe_storage_error,
+    input_system_attrs,
+    is_storage_error,
+)
+from sparsesearch.write_behind import holding
 
 __all__ = [
     "SURPLUS_ATTR",
@@ -55,13 +62,10 @@ log = logging.getLogger("sparsesearch")
 SURPLUS_ATTR = record.SURPLUS
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
-# user/system attributes of a queued trial that are not carried to its re-queued copy
-_RUN_SYSTEM_ATTRS = ("sparsesearch:heartbeat", "sparsesearch:worker")
-
 
 def count_trials(study: optuna.Study) -> tuple[int, int]:
     """``(complete, running)`` trial counts of ``study`` (fresh from the storage)."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    trials = record.trials_now(study, states=(TrialState.COMPLETE, TrialState.RUNNING))
     complete = sum(1 for t in trials if t.state == TrialState.COMPLETE)
     return complete, len(trials) - complete
 
@@ -84,7 +88,7 @@ def _requeue(study: optuna.Study, trial: optuna.Trial) -> None:
             params=frozen.params,
             distributions=frozen.distributions,
             user_attrs={k: v for k, v in frozen.user_attrs.items() if k not in _RUN_ATTRS},
-            system_attrs={k: v for k, v in frozen.system_attrs.items() if k not in _RUN_SYSTEM_ATTRS},
+            system_attrs=input_system_attrs(frozen.system_attrs),
         )
     )
 
@@ -92,7 +96,7 @@ def _requeue(study: optuna.Study, trial: optuna.Trial) -> None:
 def _guard(objective: Callable[[optuna.Trial], Any], max_complete: int) -> Callable[[optuna.Trial], Any]:
     def guarded(trial: optuna.Trial) -> Any:
         study = trial.study
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        trials = record.trials_now(study, states=(TrialState.COMPLETE, TrialState.RUNNING))
         complete = sum(1 for t in trials if t.state == TrialState.COMPLETE)
         ahead = sum(1 for t in trials if t.state == TrialState.RUNNING and t.number < trial.number)
         if complete + ahead >= max_complete:
@@ -283,7 +287,9 @@ def run_study(
     failures turned into one :class:`SparsesearchError` line (password masked)."""
     objective = _recording_interrupts(objective)
     try:
-        with handling_interrupts(sigterm=False):  # Ctrl-C never lands inside a storage write
+        # Ctrl-C never lands inside a storage write; the trials run here are told here, so
+        # an RDB storage may hold their writes until then (write_behind)
+        with handling_interrupts(sigterm=False), holding(study._storage):
             if max_complete is not None:
                 optimize_until(study, objective, max_complete, n_trials=n_trials, timeout=timeout,
                                callbacks=callbacks, catch=catch, show_progress_bar=show_progress_bar)

@@ -92,6 +92,13 @@ DEFAULT_HEARTBEAT_INTERVAL = 20
 HEARTBEAT_ATTR = "sparsesearch:heartbeat"  # trial system attr of journal heartbeats (unix time)
 WORKER_ATTR = "sparsesearch:worker"  # trial system attr: "host:pid" of the worker running it
 _WORKER_ATTRS = (HEARTBEAT_ATTR, WORKER_ATTR)  # not carried over to a retry
+
+
+def input_system_attrs(system_attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's system attributes without what its run wrote (its worker and heartbeat, its
+    constraints, the pruner's rungs): what a retry or a re-queued copy of it keeps."""
+    return {k: v for k, v in system_attrs.items()
+            if k not in _WORKER_ATTRS and not k.startswith(("constraints", "completed_rung_"))}
 RETRY_OF_ATTR = "retry_of"  # user attr of a re-run: number of the original (stale) trial
 MAX_RETRY = 3
 
@@ -320,7 +327,7 @@ class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
         system_attrs: dict[str, Any] = {
             "failed_trial": trial.number,
             "retry_history": [],
-            **{k: v for k, v in trial.system_attrs.items() if k not in _WORKER_ATTRS},
+            **input_system_attrs(trial.system_attrs),
         }
         system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
         if self._max_retry is not None and self._max_retry < len(system_attrs["retry_history"]):
@@ -735,6 +742,11 @@ class _RDBStorage(_NotesWorker, RDBStorage):
                 else:
                     attribute.value_json = json.dumps(value)
 
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        state.pop("_sparsesearch_upserts", None)  # SQLAlchemy statements: built again on use
+        return state
+
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
         if self._sparsesearch_retrier is not None:
@@ -942,8 +954,8 @@ def make_storage(
                     "'database is locked'; prefer journal:PATH or a server database",
                     workers, _mask(resolved))
     write_behind = _env_number("SPARSESEARCH_WRITE_BEHIND", DEFAULT_INTERVAL, float, off=0.0)
-    if write_behind < 0:
-        raise SparsesearchError(f"SPARSESEARCH_WRITE_BEHIND must be >= 0 seconds, got {write_behind:g}")
+    if not write_behind >= 0 or write_behind == float("inf"):  # NaN fails every comparison
+        raise SparsesearchError(f"SPARSESEARCH_WRITE_BEHIND must be a number of seconds >= 0, got {write_behind:g}")
     return _open_rdb(resolved, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                      connect_retries=connect_retries, retry_wait=retry_wait, write_behind=write_behind)
 

@@ -28,10 +28,16 @@ the running trials of this process:
 - Reads of the study's trials less than ``READ_WINDOW`` (50 ms) after the last one are answered
   from the cache: Optuna's ``ask`` reads the trials twice within a few milliseconds (for the
   queue, then for the sampler's snapshot); what another worker finished in between is seen at
-  the next read, as what it finishes during the trial is.
+  the next read, as what it finishes during the trial is. This process's own writes are seen
+  at once (a write made at once expires the cached read), and a decision that must see every
+  worker's trials reads afresh (:meth:`expire_reads`, ``record.trials_now``).
 - ``trial_system_attrs`` (sparsesearch: the worker running the trial) are added to every trial
   this process takes on, and written with its first transaction, and so is the first heartbeat
-  that Optuna's heartbeat thread records as the trial starts (later beats are written at once).
+  that Optuna's heartbeat thread records as the trial starts (the next beat, one heartbeat
+  interval later, is written at once, so a trial slow to its first write is never stale).
+- Writes are held only inside :func:`holding` (sparsesearch's runner: the trials it runs are
+  told by the same process); elsewhere every write is made at once, so a trial asked in one
+  process and told in another loses nothing.
 
 A worker killed mid-trial loses at most the reports since its last transaction; Optuna's stale
 trial retry does not inherit reports anyway. The backend must offer ``write_trial`` (see
@@ -40,12 +46,13 @@ trial retry does not inherit reports anyway. The backend must offer ``write_tria
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from typing import Any
 
 from optuna import distributions
@@ -55,7 +62,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sparsesearch.interrupts import storage_call
 
-__all__ = ["DEFAULT_INTERVAL", "WriteBehindStorage"]
+__all__ = ["DEFAULT_INTERVAL", "WriteBehindStorage", "holding"]
 
 DEFAULT_INTERVAL = 5.0  # seconds a running trial's writes may wait for their transaction
 READ_WINDOW = 0.05  # seconds within which a second read of a study's trials reuses the first
@@ -123,6 +130,7 @@ class WriteBehindStorage(_CachedStorage):
         self._read_at: dict[int, float] = {}
         self._write_lock = threading.Lock()  # one transaction of held writes at a time
         self._publishing: list[threading.Thread] = []
+        self._holding = 0  # > 0 while trials are run and told here (:func:`holding`)
 
     @property
     def url(self) -> str:
@@ -136,6 +144,7 @@ class WriteBehindStorage(_CachedStorage):
         state["_read_at"] = {}
         del state["_write_lock"]
         state["_publishing"] = []
+        state["_holding"] = 0
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
@@ -158,6 +167,7 @@ class WriteBehindStorage(_CachedStorage):
         with self._lock:
             held = self._held.get(trial_id)
         if held is None or not state.is_finished():
+            self._read_at.clear()  # reads show this write (the cache keeps no unfinished state)
             won = super().set_trial_state_values(trial_id, state=state, values=values)
             if won and held is None and state == TrialState.RUNNING:  # popped from the queue
                 self._take(trial_id, self._backend.get_trial(trial_id))
@@ -168,6 +178,7 @@ class WriteBehindStorage(_CachedStorage):
         finally:
             with self._lock:
                 self._held.pop(trial_id, None)
+            self._read_at.clear()  # written or not, reads show the storage's trial again
         final = held.trial  # as stored: only this process writes a trial it runs
         final.state = state
         final.values = None if values is None else [float(v) for v in values]
@@ -183,7 +194,24 @@ class WriteBehindStorage(_CachedStorage):
             self._add_trials_to_cache(study_id, [trial])
         self._hold(trial_id, copy.deepcopy(trial))
 
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Hold the writes of the trials this process takes on inside the block: they must be
+        told by this process too (``study.optimize`` does that). Outside, every write is made
+        at once, as with Optuna's storage: a trial asked here may be told elsewhere."""
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+
+    def expire_reads(self, study_id: int) -> None:
+        """The next read of the study's trials goes to the storage, however recent the last."""
+        self._read_at.pop(study_id, None)
+
     def _hold(self, trial_id: int, trial: FrozenTrial) -> None:
+        if not self._holding:
+            return
         held = _Held(trial)
         extra = _checked(self._trial_system_attrs(trial_id)) if self._trial_system_attrs else {}
         held.system_attrs.update(extra)
@@ -197,6 +225,7 @@ class WriteBehindStorage(_CachedStorage):
                         distribution: distributions.BaseDistribution) -> None:
         held = self._held.get(trial_id)
         if held is None:
+            self._read_at.clear()
             return super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
         with self._lock:
             study_id, _ = self._trial_id_to_study_id_and_number[trial_id]
@@ -217,6 +246,7 @@ class WriteBehindStorage(_CachedStorage):
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
         held = self._held.get(trial_id)
         if held is None:
+            self._read_at.clear()
             return super().set_trial_intermediate_value(trial_id, step, intermediate_value)
         with self._lock:
             held.intermediate_values[step] = intermediate_value
@@ -231,6 +261,7 @@ class WriteBehindStorage(_CachedStorage):
         in one transaction where the backend can, one per key where it cannot)."""
         held = self._held.get(trial_id)
         if held is None:
+            self._read_at.clear()
             return self._write_through("set_trial_user_attrs", "set_trial_user_attr", trial_id, attrs)
         attrs = _checked(attrs)
         with self._lock:
@@ -242,6 +273,7 @@ class WriteBehindStorage(_CachedStorage):
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         held = self._held.get(trial_id)
         if held is None:
+            self._read_at.clear()
             return super().set_trial_system_attr(trial_id, key, value)
         value = _checked({key: value})[key]
         with self._lock:
@@ -319,8 +351,9 @@ class WriteBehindStorage(_CachedStorage):
                     if self._trial_id_to_study_id_and_number.get(tid, (None,))[0] == study_id}
             if not mine:
                 return trials
-            return [(copy.deepcopy(mine[t.number]) if deepcopy else mine[t.number]) if t.number in mine else t
-                    for t in trials]
+            # copies either way: a held trial changes as its run writes (a pruner that reads
+            # the study and then writes its own trial must not see that write in what it read)
+            return [copy.deepcopy(mine[t.number]) if t.number in mine else t for t in trials]
 
     def _read_trials_from_remote_storage(self, study_id: int) -> None:
         now = time.monotonic()
@@ -334,10 +367,13 @@ class WriteBehindStorage(_CachedStorage):
         """A running trial's first heartbeat (Optuna's heartbeat thread beats as the trial
         starts) goes with its first write, moments later; later ones are written at once."""
         held = self._held.get(trial_id)
-        if held is not None and not held.ever_written:
+        if held is not None and not held.ever_written and not held.heartbeat:
             with self._lock:
                 held.heartbeat = True
             return
+        if held is not None:
+            with self._lock:
+                held.heartbeat = False  # written now: a trial slow to its first write still beats
         super().record_heartbeat(trial_id)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
@@ -348,3 +384,10 @@ class WriteBehindStorage(_CachedStorage):
             return []
         self._stale_checked[study_id] = now
         return super()._get_stale_trial_ids(study_id)
+
+
+def holding(storage: Any) -> contextlib.AbstractContextManager[None]:
+    """``storage.holding()`` for a :class:`WriteBehindStorage`, else a block that does nothing."""
+    if isinstance(storage, WriteBehindStorage):
+        return storage.holding()
+    return contextlib.nullcontext()

@@ -334,3 +334,11 @@ def test_workers_opening_a_new_database_at_once_all_succeed(postgres_server):
         for t in threads:
             t.join(60)
         assert not errors and len(opened) == 4
+
+
+def test_a_retry_keeps_the_trials_inputs_not_what_its_run_wrote():
+    from sparsesearch.storage import input_system_attrs
+
+    attrs = {"fixed_params": {"lr": 0.01}, "constraints:budget": -3.0, "completed_rung_0": 0.5,
+             WORKER_ATTR: "host:1", HEARTBEAT_ATTR: 1.0, "search_space": {"x": 1}}
+    assert input_system_attrs(attrs) == {"fixed_params": {"lr": 0.01}, "search_space": {"x": 1}}

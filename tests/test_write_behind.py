@@ -5,6 +5,7 @@ write-at-once storage."""
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import sqlite3
 
@@ -23,7 +24,7 @@ WRITES = ("set_trial_param", "_set_trial_param", "set_trial_intermediate_value",
           "set_trial_user_attrs", "set_trial_system_attr", "set_trial_state_values", "write_trial")
 
 
-def _open(url: str, monkeypatch=None, interval: float | None = None):
+def _open(url: str, monkeypatch=None, interval: float | str | None = None):
     if interval is not None:
         monkeypatch.setenv("SPARSESEARCH_WRITE_BEHIND", str(interval))
     return make_storage(url, study_name="s", heartbeat_interval=None)
@@ -63,6 +64,21 @@ def _work(trial: optuna.Trial, epochs: int = 3) -> float:
     return x
 
 
+@pytest.fixture
+def held():
+    """``held(url, ...)``: a storage holding the writes of the trials it runs (as sparsesearch's
+    runner makes it) for the rest of the test."""
+    stack = contextlib.ExitStack()
+
+    def open_held(url: str, monkeypatch=None, interval: float | None = None):
+        storage = _open(url, monkeypatch, interval)
+        stack.enter_context(storage.holding())
+        return storage
+
+    yield open_held
+    stack.close()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def url(request, tmp_path):
     if request.param == "postgres":
@@ -77,8 +93,8 @@ def test_the_default_storage_holds_writes(tmp_path):
     assert storage.url == f"sqlite:///{tmp_path}/s/study.db"
 
 
-def test_a_trial_is_written_in_one_transaction_and_stored_as_optuna_would(url, monkeypatch):
-    study = optuna.create_study(storage=_open(url), study_name="s")
+def test_a_trial_is_written_in_one_transaction_and_stored_as_optuna_would(url, monkeypatch, held):
+    study = optuna.create_study(storage=held(url), study_name="s")
     study.optimize(_work, n_trials=1)  # the first trial checks its parameters' names at once
     calls = _count(monkeypatch)
     study.optimize(_work, n_trials=1)
@@ -102,8 +118,8 @@ def test_a_trial_is_written_in_one_transaction_and_stored_as_optuna_would(url, m
         assert getattr(ref, field) == getattr(stored, field), field
 
 
-def test_a_running_trial_reads_its_held_writes_and_others_see_them_once_published(url, monkeypatch):
-    study = optuna.create_study(storage=_open(url, monkeypatch, interval=3600), study_name="s")
+def test_a_running_trial_reads_its_held_writes_and_others_see_them_once_published(url, monkeypatch, held):
+    study = optuna.create_study(storage=held(url, monkeypatch, interval=3600), study_name="s")
     study.optimize(_work, n_trials=1)
     trial = study.ask()
     x = trial.suggest_float("x", 0.0, 1.0)
@@ -126,10 +142,10 @@ def test_a_running_trial_reads_its_held_writes_and_others_see_them_once_publishe
     assert _other(url).trials[-1].intermediate_values == {0: 0.5, 1: 0.7}
 
 
-def test_writes_wait_at_most_the_interval(url, monkeypatch):
+def test_writes_wait_at_most_the_interval(url, monkeypatch, held):
     clock = [1000.0]
     monkeypatch.setattr(write_behind.time, "monotonic", lambda: clock[0])
-    study = optuna.create_study(storage=_open(url, monkeypatch, interval=5), study_name="s")
+    study = optuna.create_study(storage=held(url, monkeypatch, interval=5), study_name="s")
     study.optimize(_work, n_trials=1)
     trial = study.ask()
     trial.suggest_float("x", 0.0, 1.0)
@@ -143,8 +159,8 @@ def test_writes_wait_at_most_the_interval(url, monkeypatch):
     study.tell(trial, 0.3)
 
 
-def test_interval_0_writes_every_write_at_once(url, monkeypatch):
-    study = optuna.create_study(storage=_open(url, monkeypatch, interval=0), study_name="s")
+def test_interval_0_writes_every_write_at_once(url, monkeypatch, held):
+    study = optuna.create_study(storage=held(url, monkeypatch, interval=0), study_name="s")
     study.optimize(_work, n_trials=1)
     trial = study.ask()
     x = trial.suggest_float("x", 0.0, 1.0)
@@ -155,12 +171,13 @@ def test_interval_0_writes_every_write_at_once(url, monkeypatch):
 
 
 def test_a_negative_interval_is_one_line(tmp_path, monkeypatch):
-    with pytest.raises(SparsesearchError, match="SPARSESEARCH_WRITE_BEHIND must be >= 0"):
-        _open(f"sqlite:///{tmp_path}/s.db", monkeypatch, interval=-1)
+    for bad in (-1, "nan", "inf"):
+        with pytest.raises(SparsesearchError, match="SPARSESEARCH_WRITE_BEHIND must be a number of seconds >= 0"):
+            _open(f"sqlite:///{tmp_path}/s.db", monkeypatch, interval=bad)
 
 
-def test_bad_writes_are_refused_at_once_not_at_the_end(url, monkeypatch):
-    study = optuna.create_study(storage=_open(url, monkeypatch, interval=3600), study_name="s")
+def test_bad_writes_are_refused_at_once_not_at_the_end(url, monkeypatch, held):
+    study = optuna.create_study(storage=held(url, monkeypatch, interval=3600), study_name="s")
     study.optimize(_work, n_trials=1)
     trial = study.ask()
     with pytest.raises(ValueError, match="compatib|Cannot set different distribution"):
@@ -171,10 +188,10 @@ def test_bad_writes_are_refused_at_once_not_at_the_end(url, monkeypatch):
     assert _other(url).trials[-1].state == TrialState.COMPLETE
 
 
-def test_the_final_write_is_all_or_nothing(url, monkeypatch):
+def test_the_final_write_is_all_or_nothing(url, monkeypatch, held):
     """A trial failed meanwhile by another worker (stale): the held writes and the state are
     refused together, as a write-at-once storage refuses the next write."""
-    study = optuna.create_study(storage=_open(url, monkeypatch, interval=3600), study_name="s")
+    study = optuna.create_study(storage=held(url, monkeypatch, interval=3600), study_name="s")
     study.optimize(_work, n_trials=1)
     trial = study.ask()
     trial.suggest_float("x", 0.0, 1.0)
@@ -187,8 +204,8 @@ def test_the_final_write_is_all_or_nothing(url, monkeypatch):
     assert study.trials[-1].state == TrialState.FAIL  # this process reads the truth again
 
 
-def test_enqueued_trials_are_held_once_popped(url, monkeypatch):
-    study = optuna.create_study(storage=_open(url), study_name="s")
+def test_enqueued_trials_are_held_once_popped(url, monkeypatch, held):
+    study = optuna.create_study(storage=held(url), study_name="s")
     study.optimize(_work, n_trials=1)
     study.enqueue_trial({"x": 0.25, "opt": "sgd"}, user_attrs={"heuristic": "uniform"})
     calls = _count(monkeypatch)
@@ -208,9 +225,10 @@ def test_the_stale_trial_check_runs_once_per_heartbeat_interval(tmp_path, monkey
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
 
 
-def test_a_pickled_storage_holds_nothing(url, monkeypatch):
-    storage = _open(url, monkeypatch, interval=3600)
+def test_a_pickled_storage_holds_nothing(url, monkeypatch, held):
+    storage = held(url, monkeypatch, interval=3600)
     study = optuna.create_study(storage=storage, study_name="s")
+    study.optimize(_work, n_trials=1)  # its upsert statements are cached, and unpicklable
     study.ask()
     copied = pickle.loads(pickle.dumps(storage))
     assert storage._held and not copied._held
@@ -248,6 +266,62 @@ def test_a_short_trial_beats_once_with_its_first_write(tmp_path, monkeypatch):
             assert (trial._trial_id,) in db.execute("SELECT trial_id FROM trial_heartbeats").fetchall()
         return 0.0
 
-    study.optimize(work, n_trials=2)
+    with storage.holding():
+        study.optimize(work, n_trials=2)
     assert calls["record_heartbeat"] == 0  # each trial's only beat went with its publish
     assert calls["write_trial"] == 4
+
+
+def _sha_first_decision(storage) -> bool:
+    study = optuna.create_study(storage=storage, study_name="sha",
+                                pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, bootstrap_count=1))
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    trial.report(1.0, 1)
+    return trial.should_prune()
+
+
+def test_a_pruner_decides_as_on_optunas_storage(tmp_path, held):
+    """The pruner reads the study, then writes its rung on the trial: what it read must not
+    change under it (the held trial is handed out as a copy)."""
+    expected = _sha_first_decision(optuna.storages.InMemoryStorage())
+    assert _sha_first_decision(held(f"sqlite:///{tmp_path}/s.db")) == expected is True
+
+
+def test_outside_the_runner_every_write_is_made_at_once(url):
+    """A trial asked by one process and told by another (Optuna's ask-and-tell) loses nothing."""
+    study = optuna.create_study(storage=_open(url), study_name="s")
+    trial = study.ask()
+    x = trial.suggest_float("x", 0.0, 1.0)
+    trial.report(0.3, 0)
+    trial.set_user_attr("note", "asked here")
+    other = _other(url)
+    other.tell(trial.number, 0.5)
+    (stored,) = _other(url).trials
+    assert (stored.params, stored.intermediate_values, stored.user_attrs) == ({"x": x}, {0: 0.3}, {"note": "asked here"})
+
+
+def test_a_trial_slow_to_its_first_write_still_beats(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    storage = make_storage(url, study_name="s", heartbeat_interval=3600)
+    with storage.holding():
+        study = optuna.create_study(storage=storage, study_name="s")
+        trial = study.ask()
+
+        def beats():
+            with sqlite3.connect(tmp_path / "s.db") as db:
+                return db.execute("SELECT COUNT(*) FROM trial_heartbeats").fetchone()[0]
+
+        storage.record_heartbeat(trial._trial_id)  # as the trial starts: held for its first write
+        assert beats() == 0
+        storage.record_heartbeat(trial._trial_id)  # an interval later, still no write: at once
+        assert beats() == 1
+        study.tell(trial, 0.0)
+
+
+def test_trials_now_sees_a_trial_another_worker_just_created(tmp_path, held):
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(storage=held(url), study_name="s")
+    assert study.get_trials() == []  # a read, cached for a moment
+    _other(url).ask()  # another worker starts a trial
+    assert [t.state for t in record.trials_now(study)] == [TrialState.RUNNING]
