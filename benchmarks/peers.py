@@ -27,6 +27,9 @@ method starts from a copy of it.
              ``sparsesearch.search(dense, (train, val, test), target, strategies="l1-filter",
              trained=True, seed=seed, compute=3 × E = 24, budget_metric="params" | "macs")``: the
              same fine-tuning epochs in total as a peer's three runs, spent as it chooses.
+  sparsesearch-m8
+             the same with ``space={"channel_multiple": 8}``: every layer keeps a multiple of
+             8 channels (or all of them). Torch-Pruning was run without its ``round_to``.
 
 Every number is measured on the compacted model: parameters, MACs, % of the target used, CPU
 latency at batch 1 and 64 (``torch.utils.benchmark`` ``blocked_autorange``, 5 rounds
