@@ -745,6 +745,7 @@ def _check_identity(storage: Any, study_name: str, identity: Mapping[str, Any]) 
     stored = storage.get_study_user_attrs(study_id).get(record.IDENTITY)
     if stored is None:
         return  # written by an older sparsesearch: only the budget is compared, below
+    stored = _with_new_defaults(stored)
     diff = [k for k in identity if not _same(stored.get(k), identity[k])]
     if diff:
         shown = "; ".join(_difference(k, stored.get(k), identity[k]) for k in diff)
@@ -752,6 +753,18 @@ def _check_identity(storage: Any, study_name: str, identity: Mapping[str, Any]) 
             f"study {study_name!r} holds another problem ({shown}); resume it with the same "
             f"settings, or give another study name"
         )
+
+
+def _with_new_defaults(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored identity with the option tables' fields it lacks at their defaults: a study
+    set up before an option existed ran as the option's default (which keeps the old
+    behaviour), so adding an option does not refuse the studies made before it."""
+    out = dict(stored)
+    for key, defaults in (("space", SearchSpace().to_dict()), ("compute", ComputeBudget().to_dict()),
+                          ("dense", dataclasses.asdict(DenseSettings()))):
+        if isinstance(out.get(key), Mapping):
+            out[key] = {**{k: v for k, v in defaults.items() if k not in out[key]}, **out[key]}
+    return out
 
 
 def _difference(key: str, stored: Any, now: Any) -> str:

@@ -217,6 +217,23 @@ def test_resume_with_another_problem_is_refused_before_any_work(tmp_path, runs_d
                             compute={**COMPUTE, "epochs": 10}, n_trials=1)
 
 
+def test_a_study_made_before_an_option_existed_resumes_at_its_default(tmp_path, runs_dir):
+    """An option added later (here space.channel_multiple) is missing from an older study's
+    stored identity: that study ran as the option's default, so it resumes; another value is
+    refused naming it."""
+    from sparsesearch import record
+
+    first = _search(tmp_path, name="old", runs=runs_dir, n_trials=1, compute={**COMPUTE, "epochs": 10})
+    identity = first.study.user_attrs[record.IDENTITY]
+    del identity["space"]["channel_multiple"]  # as sparsesearch wrote it before the option
+    first.study.set_user_attr(record.IDENTITY, identity)
+    again = _search(tmp_path, name="old", runs=runs_dir, n_trials=1, compute={**COMPUTE, "epochs": 10})
+    assert len(again.study.trials) >= len(first.study.trials)
+    with pytest.raises(SparsesearchError, match=r"space.channel_multiple: stored 1, now 8"):
+        _search(tmp_path, name="old", runs=runs_dir, n_trials=1, compute={**COMPUTE, "epochs": 10},
+                space={**SPACE, "channel_multiple": 8})
+
+
 def test_budgets_that_cannot_work_are_refused_before_training(tmp_path):
     runs = tmp_path / "runs"
     with pytest.raises(BudgetError, match="feasible minimum"):
