@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -395,11 +396,12 @@ class ChannelBudgetPlan(BudgetPlan):
         whole = size.long()
 
         def keep_at(s: float) -> torch.Tensor:
+            want = torch.minimum(s * dens * size, size)  # in range before the int conversion
             if m > 1:  # the nearest multiple, or the group's full size
-                raw = torch.round(s * dens * size / m).long() * m
+                raw = torch.round(want / m).long() * m
                 raw = torch.where(raw >= whole, whole, raw)
             else:
-                raw = torch.floor(s * dens * size).long()
+                raw = torch.floor(want).long()
             return torch.minimum(torch.maximum(raw, lo_k), hi_k)
 
         lo, hi = 0.0, 1.0
@@ -634,8 +636,9 @@ def plan_budget(
     """
     if metric not in ("params", "macs"):
         raise SparsesearchError(f"budget metric must be 'params' or 'macs', got {metric=}")
-    if isinstance(channel_multiple, bool) or not isinstance(channel_multiple, int) or channel_multiple < 1:
+    if isinstance(channel_multiple, bool) or not isinstance(channel_multiple, numbers.Integral) or channel_multiple < 1:
         raise SparsesearchError(f"channel_multiple must be an int >= 1, got {channel_multiple=}")
+    channel_multiple = int(channel_multiple)
     if metric == "macs":
         if example_input is None:
             raise SparsesearchError("a MACs budget needs an example input to measure the layers")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any, Mapping
 
 from sparsesearch.errors import SparsesearchError, did_you_mean
@@ -82,8 +83,9 @@ class SearchSpace:
         "largest per-layer sparsity of every allocation (default 0.999)"))
     channel_multiple: int = option(1, kind="int>=1", doc=(
         "channel strategies: every layer (dependency group) keeps a multiple of this many "
-        "channels, or all of them (default 1; 8 or 16 make the pruned model faster on CPUs and "
-        "GPUs, whose kernels work on blocks of channels)"))
+        "channels, or all of them, within min_sparsity/max_sparsity (rounded inwards; where the "
+        "limits hold no multiple, the most they allow) (default 1; 8 or 16 make the pruned model "
+        "faster on CPUs and GPUs, whose kernels work on blocks of channels)"))
     batch_size: int = option(128, kind="int>=1", doc="fine-tuning batch size (default 128)")
     heuristic_lrs: tuple[float, ...] | None = option(None, kind="list", doc=(
         "learning rates each heuristic seed is enqueued at (default: one, three quarters up the "
@@ -135,9 +137,10 @@ class SearchSpace:
         for opt in self.optimizers:
             if opt not in ("sgd", "adamw"):
                 raise SparsesearchError(f"unknown optimizer {opt!r}; use 'sgd' or 'adamw'")
-        if (isinstance(self.channel_multiple, bool) or not isinstance(self.channel_multiple, int)
+        if (isinstance(self.channel_multiple, bool) or not isinstance(self.channel_multiple, numbers.Integral)
                 or self.channel_multiple < 1):
             raise SparsesearchError(f"channel_multiple must be an int >= 1, got {self.channel_multiple!r}")
+        object.__setattr__(self, "channel_multiple", int(self.channel_multiple))  # numpy ints too
         if not 0 <= self.min_sparsity <= self.max_sparsity < 1:
             raise SparsesearchError(
                 f"need 0 <= min_sparsity <= max_sparsity < 1, got "

@@ -426,3 +426,18 @@ def test_channel_multiple_is_checked_and_too_coarse_a_multiple_is_infeasible():
     # 16 channels at least per conv (the whole first layer): 3 % of the parameters cannot hold it
     with pytest.raises(sparsesearch.BudgetError, match="infeasible"):
         plan_budget(model, layers, 0.03, granularity="channel", example_input=x, channel_multiple=16)
+
+
+@pytest.mark.parametrize("m", [1, 8])
+def test_a_huge_relative_density_keeps_the_most_not_the_least(m):
+    import numpy as np
+
+    model, x = _model("conv-bn-head")
+    layers = find_layers(model, example_input=x)
+    plan = plan_budget(model, layers, 0.5, granularity="channel", example_input=x, channel_multiple=np.int64(m))
+    assert plan.multiple == m and type(plan.multiple) is int  # numpy ints are ints
+    first = plan.layers[0].name
+    dens = {lb.name: 1.0 for lb in plan.layers}
+    big = plan.project({**dens, first: 1e30})  # beyond int64 once scaled: was 1 channel
+    assert big[first] == plan.project({**dens, first: 1e3})[first] == plan.layers[0].max_keep
+    assert plan.params_for(big) <= plan.budget_params
