@@ -169,7 +169,7 @@ class WriteBehindStorage(_CachedStorage):
         if held is None or not state.is_finished():
             self._read_at.clear()  # reads show this write (the cache keeps no unfinished state)
             won = super().set_trial_state_values(trial_id, state=state, values=values)
-            if won and held is None and state == TrialState.RUNNING:  # popped from the queue
+            if won and held is None and state == TrialState.RUNNING and self._holding:  # popped from the queue
                 self._take(trial_id, self._backend.get_trial(trial_id))
             return won
         try:
