@@ -346,10 +346,7 @@ class ChannelBudgetPlan(BudgetPlan):
     def _step(self, k: torch.Tensor) -> torch.Tensor:
         """Group channels to the next allowed keep of each group: the next multiple of
         ``multiple``, or the group's full size (0 at it)."""
-        if self.multiple == 1:
-            return (k < self._sizes()).long()
-        size = self._sizes()
-        return torch.minimum((k // self.multiple + 1) * self.multiple, size) - k
+        return torch.minimum((k // self.multiple + 1) * self.multiple, self._sizes()) - k
 
     def _fill(self, k: torch.Tensor, priority) -> torch.Tensor:
         """Add group channels (one, or a block of ``multiple``), best ``priority`` first,
@@ -360,7 +357,7 @@ class ChannelBudgetPlan(BudgetPlan):
         out, inn = cost.state(k)
         while True:
             step = self._step(k)
-            d = cost.deltas(out, inn) if self.multiple == 1 else cost.deltas(out, inn, step)
+            d = cost.deltas(out, inn, step)
             ok = (step > 0) & (k + step <= hi) & (d <= left)
             if not bool(ok.any()):
                 return k
@@ -450,27 +447,28 @@ class ChannelBudgetPlan(BudgetPlan):
         pool_s, pool_g, pool_n = [], [], []
         for i, (g, s) in enumerate(zip(self.groups, gscores)):
             ranked = torch.sort(s, descending=True, stable=True).values.to(torch.float64)
-            edges = list(range(g.min_keep, g.max_keep, self.multiple)) + [g.max_keep]
-            if self.multiple > 1:  # blocks end on multiples (or the full size)
-                edges = sorted({g.min_keep, g.max_keep, *(e for e in range(0, g.max_keep, self.multiple)
-                                                          if e > g.min_keep)})
-            for a, b in zip(edges, edges[1:]):
-                pool_s.append(float(ranked[a:b].mean()))
-                pool_g.append(i)
-                pool_n.append(b - a)
+            # blocks from min_keep to max_keep, ending on multiples (one channel each with 1)
+            edges = torch.tensor(sorted({g.min_keep, g.max_keep, *(
+                e for e in range(0, g.max_keep, self.multiple) if e > g.min_keep)}), dtype=torch.long)
+            sizes = edges[1:] - edges[:-1]
+            if self.multiple == 1:  # the scores themselves (a cumulative sum would round them)
+                pool_s.append(ranked[edges[:-1]])
+            else:  # each block's mean
+                sums = torch.cat([torch.zeros(1, dtype=torch.float64), ranked.cumsum(0)])
+                pool_s.append((sums[edges[1:]] - sums[edges[:-1]]) / sizes)
+            pool_g.append(torch.full((sizes.numel(),), i, dtype=torch.long))
+            pool_n.append(sizes)
         if not pool_s:
             return self._layer_keep(k)
-        order = torch.argsort(-torch.tensor(pool_s, dtype=torch.float64), stable=True).tolist()
+        order = torch.argsort(-torch.cat(pool_s), stable=True)
+        blocks = zip(torch.cat(pool_g)[order].tolist(), torch.cat(pool_n)[order].tolist())
         left = self.budget_params - cost.cost(k)
         out, inn = cost.state(k)
         full = torch.zeros(len(self.groups), dtype=torch.bool)
-        for b in order:
-            j, n = pool_g[b], pool_n[b]
+        for j, n in blocks:
             if full[j]:
                 continue
-            d = int(((cost.quad * (n * cost.A[:, j] * inn + n * cost.B[:, j] * out
-                                   + n * n * cost.A[:, j] * cost.B[:, j])).sum())
-                    + (cost.lin * n * cost.A[:, j]).sum())
+            d = cost.delta(out, inn, j, n)
             if d <= left:
                 k[j] += n
                 left -= d

@@ -72,16 +72,20 @@ class _CostModel:
         out, inn = self.state(k)
         return self.const + int((self.quad * out * inn).sum()) + int((self.lin * out).sum())
 
-    def deltas(self, out: torch.Tensor, inn: torch.Tensor, step: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact cost of keeping ``step`` more channels of each group (default one), at state
+    def deltas(self, out: torch.Tensor, inn: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """Exact cost of keeping ``step[g]`` more channels of each group ``g``, at state
         ``(out, inn)``."""
         A, B = self.A, self.B
         q = self.quad[:, None]
-        if step is None:
-            return (q * (A * inn[:, None] + B * out[:, None] + A * B)).sum(0) + (self.lin[:, None] * A).sum(0)
         st = step[None, :]
         return ((q * (A * inn[:, None] * st + B * out[:, None] * st + A * B * st * st)).sum(0)
                 + (self.lin[:, None] * A * st).sum(0))
+
+    def delta(self, out: torch.Tensor, inn: torch.Tensor, g: int, n: int) -> int:
+        """Exact cost of keeping ``n`` more channels of group ``g`` alone (:meth:`deltas` for
+        one group)."""
+        a, b = self.A[:, g], self.B[:, g]
+        return int((self.quad * (n * a * inn + n * b * out + n * n * a * b)).sum() + (self.lin * n * a).sum())
 
 
 @dataclasses.dataclass
