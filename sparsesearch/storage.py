@@ -38,6 +38,7 @@ import datetime
 import importlib.util
 import inspect
 import logging
+import math
 import json
 import os
 import random
@@ -954,7 +955,7 @@ def make_storage(
                     "'database is locked'; prefer journal:PATH or a server database",
                     workers, _mask(resolved))
     write_behind = _env_number("SPARSESEARCH_WRITE_BEHIND", DEFAULT_INTERVAL, float, off=0.0)
-    if not write_behind >= 0 or write_behind == float("inf"):  # NaN fails every comparison
+    if not (math.isfinite(write_behind) and write_behind >= 0):
         raise SparsesearchError(f"SPARSESEARCH_WRITE_BEHIND must be a number of seconds >= 0, got {write_behind:g}")
     return _open_rdb(resolved, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                      connect_retries=connect_retries, retry_wait=retry_wait, write_behind=write_behind)

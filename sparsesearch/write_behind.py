@@ -40,8 +40,8 @@ the running trials of this process:
   process and told in another loses nothing.
 
 A worker killed mid-trial loses at most the reports since its last transaction; Optuna's stale
-trial retry does not inherit reports anyway. The backend must offer ``write_trial`` (see
-``storage._RDBStorage``).
+trial retry does not inherit reports anyway. The backend must offer ``write_trial`` and
+``set_trial_user_attrs`` (``storage._RDBStorage``).
 """
 
 from __future__ import annotations
@@ -257,12 +257,12 @@ class WriteBehindStorage(_CachedStorage):
         self.set_trial_user_attrs(trial_id, {key: value})
 
     def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
-        """Several user attributes of a trial (held for a running trial of this process; else
-        in one transaction where the backend can, one per key where it cannot)."""
+        """Several user attributes of a trial: held for a running trial of this process, else
+        the backend's own batched write (``storage._RDBStorage.set_trial_user_attrs``)."""
         held = self._held.get(trial_id)
         if held is None:
             self._read_at.clear()
-            return self._write_through("set_trial_user_attrs", "set_trial_user_attr", trial_id, attrs)
+            return self._backend.set_trial_user_attrs(trial_id, attrs)
         attrs = _checked(attrs)
         with self._lock:
             held.user_attrs.update(attrs)
@@ -281,19 +281,6 @@ class WriteBehindStorage(_CachedStorage):
             held.trial.system_attrs[key] = copy.deepcopy(value)
         self._maybe_write(trial_id, held)
         return None
-
-    def set_study_user_attrs(self, study_id: int, attrs: dict[str, Any]) -> None:
-        self._write_through("set_study_user_attrs", "set_study_user_attr", study_id, attrs)
-
-    def _write_through(self, batch: str, one: str, owner: int, attrs: dict[str, Any]) -> None:
-        """``attrs`` of a study or trial written now: in one call where the backend batches
-        them (``batch``), else one ``one`` call per key."""
-        write_all = getattr(self._backend, batch, None)
-        if write_all is not None:
-            write_all(owner, attrs)
-            return
-        for key, value in attrs.items():
-            getattr(self._backend, one)(owner, key, value)
 
     def publish(self, trial_id: int) -> None:
         """Write what is held of ``trial_id`` in one transaction, on a thread of its own, so
