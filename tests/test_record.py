@@ -19,26 +19,13 @@ def _storage(kind: str, tmp_path):
     return make_storage(spec, study_name="s", heartbeat_interval=None)
 
 
-def _count(monkeypatch, cls, *names):
-    calls = {n: 0 for n in names}
-    for name in names:
-        original = getattr(cls, name)
-
-        def counted(self, *a, _name=name, _original=original, **k):
-            calls[_name] += 1
-            return _original(self, *a, **k)
-
-        monkeypatch.setattr(cls, name, counted)
-    return calls
-
-
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
-def test_trial_attributes_are_one_storage_call(kind, tmp_path, monkeypatch):
+def test_trial_attributes_are_one_storage_call(kind, tmp_path, count_calls):
     storage = _storage(kind, tmp_path)
     study = optuna.create_study(storage=storage, study_name="s")
     trial = study.ask()
     cls = _RDBStorage if kind == "sqlite" else HeartbeatJournalStorage
-    calls = _count(monkeypatch, cls, "set_trial_user_attr", "set_trial_user_attrs")
+    calls = count_calls(cls, "set_trial_user_attr", "set_trial_user_attrs")
     record.trial_attrs(trial, ATTRS)  # outside sparsesearch's runner nothing is held
     assert calls == {"set_trial_user_attr": 0, "set_trial_user_attrs": 1}
     assert trial.user_attrs == ATTRS  # the live trial sees them, as after set_user_attr
@@ -49,22 +36,22 @@ def test_trial_attributes_are_one_storage_call(kind, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
-def test_study_attributes_are_one_storage_call(kind, tmp_path, monkeypatch):
+def test_study_attributes_are_one_storage_call(kind, tmp_path, count_calls):
     storage = _storage(kind, tmp_path)
     study = optuna.create_study(storage=storage, study_name="s")
     study.set_user_attr("seed", 1)
     cls = _RDBStorage if kind == "sqlite" else HeartbeatJournalStorage
-    calls = _count(monkeypatch, cls, "set_study_user_attr", "set_study_user_attrs")
+    calls = count_calls(cls, "set_study_user_attr", "set_study_user_attrs")
     record.study_attrs(study, {"seed": 2, "budget_params": 100, "settings": {"a": [1, 2]}})
     assert calls == {"set_study_user_attr": 0, "set_study_user_attrs": 1}
     again = optuna.load_study(study_name="s", storage=_storage(kind, tmp_path))
     assert again.user_attrs == {"seed": 2, "budget_params": 100, "settings": {"a": [1, 2]}}
 
 
-def test_other_storages_get_one_call_per_key(monkeypatch):
+def test_other_storages_get_one_call_per_key(count_calls):
     study = optuna.create_study()  # in memory
     trial = study.ask()
-    calls = _count(monkeypatch, optuna.storages.InMemoryStorage, "set_trial_user_attr", "set_study_user_attr")
+    calls = count_calls(optuna.storages.InMemoryStorage, "set_trial_user_attr", "set_study_user_attr")
     record.trial_attrs(trial, ATTRS)
     record.study_attrs(study, {"a": 1, "b": 2})
     assert calls == {"set_trial_user_attr": len(ATTRS), "set_study_user_attr": 2}

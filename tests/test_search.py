@@ -681,3 +681,12 @@ def test_a_trial_writes_its_attributes_in_one_storage_call(tmp_path, runs_dir, m
     # set-up (one batch), seeds_enqueued, finals_enqueued, epochs_trained, the result (one batch)
     assert calls["study"] == 5
     assert r.study.user_attrs["epochs_trained"] == sum(t.user_attrs["epochs"] for t in trials)
+
+
+def test_every_parameter_the_search_suggests_is_reserved_from_plugins(result):
+    """plugins.RESERVED_PARAMS (the names a strategy plugin may not suggest) must cover what
+    the search space itself suggests, or a plugin could clash with a name added later."""
+    from sparsesearch.plugins import _reserved
+
+    names = {n for t in result.study.trials for n in t.params}
+    assert names and all(_reserved(n) for n in names), sorted(n for n in names if not _reserved(n))

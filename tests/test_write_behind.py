@@ -40,19 +40,6 @@ def _other(url: str) -> optuna.Study:
     return optuna.load_study(study_name="s", storage=_plain(url))
 
 
-def _count(monkeypatch, names=WRITES) -> dict[str, int]:
-    calls = {n: 0 for n in names}
-    for name in names:
-        original = getattr(_RDBStorage, name)
-
-        def counted(self, *a, _name=name, _original=original, **k):
-            calls[_name] += 1
-            return _original(self, *a, **k)
-
-        monkeypatch.setattr(_RDBStorage, name, counted)
-    return calls
-
-
 def _work(trial: optuna.Trial, epochs: int = 3) -> float:
     x = trial.suggest_float("x", 0.0, 1.0)
     trial.suggest_categorical("opt", ["sgd", "adamw"])
@@ -93,10 +80,10 @@ def test_the_default_storage_holds_writes(tmp_path):
     assert storage.url == f"sqlite:///{tmp_path}/s/study.db"
 
 
-def test_a_trial_is_written_in_one_transaction_and_stored_as_optuna_would(url, monkeypatch, held):
+def test_a_trial_is_written_in_one_transaction_and_stored_as_optuna_would(url, held, count_calls):
     study = optuna.create_study(storage=held(url), study_name="s")
     study.optimize(_work, n_trials=1)  # the first trial checks its parameters' names at once
-    calls = _count(monkeypatch)
+    calls = count_calls(_RDBStorage, *WRITES)
     study.optimize(_work, n_trials=1)
     assert calls["write_trial"] == 1 and sum(calls.values()) == 1, calls
     stored = _other(url).trials[1]
@@ -204,11 +191,11 @@ def test_the_final_write_is_all_or_nothing(url, monkeypatch, held):
     assert study.trials[-1].state == TrialState.FAIL  # this process reads the truth again
 
 
-def test_enqueued_trials_are_held_once_popped(url, monkeypatch, held):
+def test_enqueued_trials_are_held_once_popped(url, held, count_calls):
     study = optuna.create_study(storage=held(url), study_name="s")
     study.optimize(_work, n_trials=1)
     study.enqueue_trial({"x": 0.25, "opt": "sgd"}, user_attrs={"heuristic": "uniform"})
-    calls = _count(monkeypatch)
+    calls = count_calls(_RDBStorage, *WRITES)
     study.optimize(_work, n_trials=1)
     assert calls["write_trial"] == 1 and calls["set_trial_state_values"] == 1, calls  # RUNNING, then one write
     stored = _other(url).trials[-1]
@@ -216,9 +203,9 @@ def test_enqueued_trials_are_held_once_popped(url, monkeypatch, held):
     assert stored.user_attrs["heuristic"] == "uniform" and stored.user_attrs["phase"] == "screen"
 
 
-def test_the_stale_trial_check_runs_once_per_heartbeat_interval(tmp_path, monkeypatch):
+def test_the_stale_trial_check_runs_once_per_heartbeat_interval(tmp_path, count_calls):
     storage = make_storage(f"sqlite:///{tmp_path}/s.db", study_name="s", heartbeat_interval=3600)
-    calls = _count(monkeypatch, ("_get_stale_trial_ids",))
+    calls = count_calls(_RDBStorage, "_get_stale_trial_ids")
     study = optuna.create_study(storage=storage, study_name="s")
     study.optimize(_work, n_trials=3)
     assert calls["_get_stale_trial_ids"] == 1
@@ -253,9 +240,9 @@ def test_a_search_stores_what_it_saw(tmp_path):
         assert {k: v for k, v in here.system_attrs.items()} == there.system_attrs, here.number
 
 
-def test_a_short_trial_beats_once_with_its_first_write(tmp_path, monkeypatch):
+def test_a_short_trial_beats_once_with_its_first_write(tmp_path, count_calls):
     storage = make_storage(f"sqlite:///{tmp_path}/s.db", study_name="s", heartbeat_interval=3600)
-    calls = _count(monkeypatch, ("record_heartbeat", "write_trial"))
+    calls = count_calls(_RDBStorage, "record_heartbeat", "write_trial")
     study = optuna.create_study(storage=storage, study_name="s")
 
     def work(trial):
