@@ -38,6 +38,10 @@ __all__ = [
 ]
 
 HEURISTICS = ("uniform", "global", "lamp", "erk")
+# A channel allocation's top-up (after the proportional bisection) stops once this share of the
+# budget is spent: the blocks that still fit past it are cheap early channels, which cost little
+# of a parameter budget and much compute (12 % more MACs for 0.9 % more parameters on a CNN).
+FILL_TO = 0.97
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,25 +353,49 @@ class ChannelBudgetPlan(BudgetPlan):
         return torch.minimum((k // self.multiple + 1) * self.multiple, self._sizes()) - k
 
     def _fill(self, k: torch.Tensor, priority) -> torch.Tensor:
-        """Add group channels (one, or a block of ``multiple``), best ``priority`` first,
-        while the exact cost fits."""
+        """Top up a bisected allocation with group channels (one, or a block of ``multiple``).
+
+        At a parameter budget, the blocks that cost the fewest MACs per parameter go first and
+        the top-up stops once :data:`FILL_TO` of the budget is spent: the blocks that would
+        still fit are the early, high-resolution channels, cheap in parameters and dear in
+        compute. Where that cannot reach ``FILL_TO`` (and otherwise: MAC budgets, models
+        without a MAC count), blocks go best ``priority`` first until none fits."""
+        macs = self.graph.costs.get("macs") if self.metric == "params" else None
+        if macs is not None:
+            lean = self._top_up(k.clone(), lambda j, kj: 0.0, macs, FILL_TO)
+            if self._cost().cost(lean) >= FILL_TO * self.budget_params:
+                return lean
+        return self._top_up(k, priority, None, 1.0)
+
+    def _top_up(self, k: torch.Tensor, priority, other, share: float) -> torch.Tensor:
+        """Add blocks while the exact cost fits and less than ``share`` of the budget is spent:
+        the least of the ``other`` count per unit of the budget first (when given), then
+        best ``priority``."""
         cost = self._cost()
         hi = torch.tensor([g.max_keep for g in self.groups], dtype=torch.long)
         left = self.budget_params - cost.cost(k)
+        enough = self.budget_params - math.floor(share * self.budget_params)  # left at the stop
         out, inn = cost.state(k)
-        while True:
+        out2, inn2 = other.state(k) if other is not None else (None, None)
+        while share >= 1.0 or left > enough:  # (at 1: until no block fits)
             step = self._step(k)
             d = cost.deltas(out, inn, step)
             ok = (step > 0) & (k + step <= hi) & (d <= left)
             if not bool(ok.any()):
                 return k
+            ratio = (other.deltas(out2, inn2, step).double() / d.clamp(min=1).double()
+                     if other is not None else torch.zeros(len(self.groups), dtype=torch.float64))
             cand = [i for i in range(len(self.groups)) if bool(ok[i])]
-            i = min(cand, key=lambda j: (priority(j, int(k[j]) + int(step[j]) - 1), j))
+            i = min(cand, key=lambda j: (float(ratio[j]), priority(j, int(k[j]) + int(step[j]) - 1), j))
             n = int(step[i])
             k[i] += n
             left -= int(d[i])
             out = out + n * cost.A[:, i]
             inn = inn + n * cost.B[:, i]
+            if other is not None:
+                out2 = out2 + n * other.A[:, i]
+                inn2 = inn2 + n * other.B[:, i]
+        return k
 
     def project(self, densities: Mapping[str, float]) -> dict[str, int]:
         """Scale relative densities onto the budget; a group's density is the mean of its

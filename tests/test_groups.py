@@ -441,3 +441,72 @@ def test_a_huge_relative_density_keeps_the_most_not_the_least(m):
     big = plan.project({**dens, first: 1e30})  # beyond int64 once scaled: was 1 channel
     assert big[first] == plan.project({**dens, first: 1e3})[first] == plan.layers[0].max_keep
     assert plan.params_for(big) <= plan.budget_params
+
+
+class WideCNN(nn.Module):
+    """Two convs at full resolution, two after a pool, Flatten -> Linear(hidden) -> Linear: the
+    parameters sit in the head, the MACs in the first convs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def block(i: int, o: int) -> list[nn.Module]:
+            return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU()]
+
+        self.features = nn.Sequential(*block(1, 32), *block(32, 32), nn.MaxPool2d(2),
+                                      *block(32, 64), *block(64, 64), nn.MaxPool2d(2))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@pytest.mark.parametrize("m", [1, 8])
+def test_at_a_parameter_budget_the_top_up_stops_at_97_percent_on_compute_cheap_blocks(m, monkeypatch):
+    """The bisection leaves a few % of a parameter budget; what still fits are the early,
+    full-resolution channels (cheap in parameters, dear in MACs). The top-up takes the blocks
+    with the fewest MACs per parameter first and stops at 97 %: same budget rule, fewer MACs
+    than filling until no block fits (what it did before)."""
+    from sparsesearch import budget as budget_mod
+
+    torch.manual_seed(0)
+    model, x = WideCNN().eval(), torch.randn(2, 1, 16, 16)
+    layers = find_layers(model, example_input=x)
+    scores = _l1(layers)
+    lean_macs, full_macs = [], []
+    for fraction in (0.3, 0.1):
+        plan = plan_budget(model, layers, fraction, granularity="channel", example_input=x, channel_multiple=m)
+        monkeypatch.setattr(budget_mod, "FILL_TO", 1.0)
+        full = {h: plan.heuristic(h) for h in ("uniform", "erk")}
+        monkeypatch.undo()
+        for h in ("uniform", "erk"):
+            keep = plan.heuristic(h)
+            _spent_or_full(plan, keep)
+            used = plan.params_for(keep) / plan.budget_params
+            assert used >= 0.97 or plan.params_for(keep) >= plan.params_for(full[h]), (fraction, h, used)
+            macs = plan.graph.count(plan.group_keep(keep), "macs")
+            assert macs <= plan.graph.count(plan.group_keep(full[h]), "macs"), (fraction, h)
+            lean_macs.append(macs)
+            full_macs.append(plan.graph.count(plan.group_keep(full[h]), "macs"))
+            _, result = _mask_and_compact(model, plan, keep, scores, x)
+            assert result.params_after == plan.params_for(keep)
+    assert sum(lean_macs) < sum(full_macs)  # and somewhere strictly fewer
+
+
+def test_at_a_mac_budget_the_top_up_fills_until_no_block_fits(monkeypatch):
+    """A MAC budget already bounds the compute: its top-up is unchanged (best shape first,
+    until nothing fits), whatever FILL_TO says."""
+    from sparsesearch import budget as budget_mod
+
+    torch.manual_seed(0)
+    model, x = WideCNN().eval(), torch.randn(2, 1, 16, 16)
+    layers = find_layers(model, example_input=x)
+    for m in (1, 8):
+        plan = plan_budget(model, layers, 0.3, granularity="channel", metric="macs", example_input=x,
+                           channel_multiple=m)
+        keeps = {h: plan.heuristic(h) for h in ("uniform", "erk")}
+        monkeypatch.setattr(budget_mod, "FILL_TO", 0.5)
+        assert {h: plan.heuristic(h) for h in ("uniform", "erk")} == keeps
+        monkeypatch.undo()
+        for keep in keeps.values():
+            _spent_or_full(plan, keep)
