@@ -70,7 +70,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import sparsesearch  # noqa: E402
-from sparsesearch import count_macs, count_params, load_dataset  # noqa: E402
+from sparsesearch import count_macs, count_params, load_dataset, record  # noqa: E402
 from sparsesearch.report import interleaved_latency  # noqa: E402
 from sparsesearch.search import prepare_dense_model  # noqa: E402
 from sparsesearch.train import NonFiniteLossError, evaluate, fit  # noqa: E402
@@ -251,7 +251,10 @@ def run_search(dense: nn.Module, splits: Any, kind: str, fraction: float, seed: 
                 "params_reported": r.params, "compact_fallback": bool(small.fallback),
                 "heuristic": r.best_trial.params.get("alloc:heuristic"),
                 "lr": r.best_trial.params.get("lr"),
-                "sparsesearch_rev": _rev()}
+                "sparsesearch_rev": _rev(),
+                # the finalist's training (the search's fine-tuning); the rest is setup + screening
+                "seconds_final": sum((t.duration.total_seconds() for t in r.study.trials
+                                      if t.duration and t.user_attrs.get(record.PHASE) == record.FINAL), 0.0)}
     return small.model.eval(), info
 
 
@@ -413,7 +416,9 @@ def render(cells: dict[str, dict[str, Any]]) -> str:
             _ms([r["latency"]["b1"]["ratio"] for r in rs], 1, 2),
             _ms([r["latency"]["b64"]["ratio"] for r in rs], 1, 2),
             _ms([r["seconds_search"] for r in rs], 1, 0),
-            _ms([r["seconds_finetune"] for r in rs], 1, 0) if method not in SEARCHES else "(in search)",
+            _ms([r["seconds_finetune"] for r in rs], 1, 0) if method not in SEARCHES else (
+                f"(in search: final {_ms([r['seconds_final'] for r in rs], 1, 0)})"
+                if all("seconds_final" in r for r in rs) else "(in search)"),
         ]) + " |")
     return "\n".join(lines)
 
@@ -437,11 +442,13 @@ def _summary_row(model: str, kind: str, fraction: float, by: dict[str, dict[int,
     lat = mean(ss, lambda r: r["latency"]["b64"]["pruned"]) / mean(best, lambda r: r["latency"]["b64"]["pruned"])
     t_ss = mean(ss, lambda r: r["seconds"])
     t_fn, t_fn_all = mean("fastnas", lambda r: r["seconds_search"]), mean("fastnas", lambda r: r["seconds"])
+    screen = (f"; {mean(ss, lambda r: r['seconds'] - r['seconds_final']) / t_fn:.1f}× without its final training"
+              if all("seconds_final" in by[ss][s] for s in seeds) else "")
     return "| " + " | ".join([
         f"{model} / {fraction * 100:g} % {kind}" + ("" if ss == "sparsesearch" else f" ({ss})"), str(len(seeds)),
         f"{(test[ss] - test[best]) * 100:+.1f}", f"{best} ({test[best] * 100:.1f})",
         f"{(test[ss] - test['fastnas']) * 100:+.1f}", f"{size:.2f}×", f"{lat:.2f}×",
-        f"{t_ss / t_fn:.1f}×; {t_ss / t_fn_all:.1f}×",
+        f"{t_ss / t_fn:.1f}×; {t_ss / t_fn_all:.1f}×{screen}",
     ]) + " |"
 
 
@@ -451,7 +458,7 @@ def render_summary(cells: dict[str, dict[str, Any]]) -> str:
     Means over the seeds both have."""
     lines = ["| model / target | seeds | sparsesearch − best peer (test pts) | best peer | "
              "sparsesearch − FastNAS | size vs best peer (target unit) | b64 latency vs best peer | "
-             "search s / FastNAS s (pruning only; with fine-tuning) |",
+             "search s / FastNAS s (pruning only; with fine-tuning; search without its final training) |",
              "|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, dict[str, dict[int, dict[str, Any]]]] = {}
     for r in cells.values():
@@ -518,6 +525,7 @@ def joint_latency(path: Path, cells: dict[str, dict[str, Any]], epochs: int) -> 
     the dense model interleaved in the same rounds, so the methods are compared under the same
     machine load (the models are the ones each cell saved under RUNS)."""
     torch.set_num_threads(1)
+    stale: list[str] = []  # model files that are not the cell's model: not timed, listed
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in cells.values():
         groups.setdefault((r["model"], r["kind"], r["fraction"], r["seed"]), []).append(r)
@@ -526,8 +534,15 @@ def joint_latency(path: Path, cells: dict[str, dict[str, Any]], epochs: int) -> 
         nets = {"dense": dense}
         for r in rs:
             f = _model_file(r)
-            if f.is_file():
-                nets[r["method"]] = torch.load(f, weights_only=False).eval()
+            if not f.is_file():
+                continue
+            net = torch.load(f, weights_only=False).eval()
+            got = measure(net, splits)
+            if (got["params"], got["macs"]) != (r["params"], r["macs"]):  # another run's model
+                stale.append(f"{_key(r)} (file {got['params']} params / {got['macs']} MACs, "
+                             f"cell {r['params']} / {r['macs']})")
+                continue
+            nets[r["method"]] = net
         if len(nets) < 2:
             continue
         for b in (1, 64):
@@ -540,6 +555,9 @@ def joint_latency(path: Path, cells: dict[str, dict[str, Any]], epochs: int) -> 
             f"{r['method']} b1 ×{r['latency']['b1']['ratio']:.2f} b64 ×{r['latency']['b64']['ratio']:.2f}"
             for r in rs if r["method"] in nets), flush=True)
     save(path, cells, epochs)
+    if stale:
+        print(f"{len(stale)} model file(s) do not hold their cell's model (rerun the cells with "
+              f"--redo; their latency was left as it was):\n  " + "\n  ".join(stale), flush=True)
 
 
 def _dense_only(cell: tuple[str, int]) -> None:
