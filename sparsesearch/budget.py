@@ -355,14 +355,17 @@ class ChannelBudgetPlan(BudgetPlan):
     def _fill(self, k: torch.Tensor, priority) -> torch.Tensor:
         """Top up a bisected allocation with group channels (one, or a block of ``multiple``).
 
-        At a parameter budget, the blocks that cost the fewest MACs per parameter go first and
-        the top-up stops once :data:`FILL_TO` of the budget is spent: the blocks that would
-        still fit are the early, high-resolution channels, cheap in parameters and dear in
-        compute. Where that cannot reach ``FILL_TO`` (and otherwise: MAC budgets, models
-        without a MAC count), blocks go best ``priority`` first until none fits."""
+        At a parameter budget the top-up stops once :data:`FILL_TO` of the budget is spent:
+        what still fits past it are the early, high-resolution channels, cheap in parameters
+        and dear in compute. Single channels go best ``priority`` (the heuristic's shape)
+        first; blocks (``multiple`` > 1) go fewest MACs per parameter first, since one block
+        at full resolution can add a quarter of the model's MACs. Where that cannot reach
+        ``FILL_TO`` (and otherwise: MAC budgets, models without a MAC count), best
+        ``priority`` first until none fits."""
         macs = self.graph.costs.get("macs") if self.metric == "params" else None
         if macs is not None:
-            lean = self._top_up(k.clone(), lambda j, kj: 0.0, macs, FILL_TO)
+            lean = (self._top_up(k.clone(), lambda j, kj: 0.0, macs, FILL_TO) if self.multiple > 1
+                    else self._top_up(k.clone(), priority, None, FILL_TO))
             if self._cost().cost(lean) >= FILL_TO * self.budget_params:
                 return lean
         return self._top_up(k, priority, None, 1.0)

@@ -464,9 +464,9 @@ class WideCNN(nn.Module):
 @pytest.mark.parametrize("m", [1, 8])
 def test_at_a_parameter_budget_the_top_up_stops_at_97_percent_on_compute_cheap_blocks(m, monkeypatch):
     """The bisection leaves a few % of a parameter budget; what still fits are the early,
-    full-resolution channels (cheap in parameters, dear in MACs). The top-up takes the blocks
-    with the fewest MACs per parameter first and stops at 97 %: same budget rule, fewer MACs
-    than filling until no block fits (what it did before)."""
+    full-resolution channels (cheap in parameters, dear in MACs). The top-up stops at 97 %
+    (blocks of 8: fewest MACs per parameter first): same budget rule, fewer MACs than filling
+    until no block fits (what it did before)."""
     from sparsesearch import budget as budget_mod
 
     torch.manual_seed(0)
