@@ -520,7 +520,8 @@ def write_doc(cells: dict[str, dict[str, Any]]) -> None:
     DOC.write_text(text)
 
 
-def joint_latency(path: Path, cells: dict[str, dict[str, Any]], epochs: int) -> None:
+def joint_latency(path: Path, cells: dict[str, dict[str, Any]], epochs: int, *, rounds: int = 5,
+                  only: list[str] | None = None) -> None:
     """Re-measure the latency of every stored model of a (model, target, seed), all methods and
     the dense model interleaved in the same rounds, so the methods are compared under the same
     machine load (the models are the ones each cell saved under RUNS)."""
@@ -530,6 +531,8 @@ def joint_latency(path: Path, cells: dict[str, dict[str, Any]], epochs: int) -> 
     for r in cells.values():
         groups.setdefault((r["model"], r["kind"], r["fraction"], r["seed"]), []).append(r)
     for (model, kind, fraction, seed), rs in sorted(groups.items()):
+        if only is not None and model not in only and f"{model}:{kind}{fraction}" not in only:
+            continue
         dense, splits = dense_model(model, seed)
         nets = {"dense": dense}
         for r in rs:
@@ -546,7 +549,7 @@ def joint_latency(path: Path, cells: dict[str, dict[str, Any]], epochs: int) -> 
         if len(nets) < 2:
             continue
         for b in (1, 64):
-            lat = interleaved_latency(nets, example(splits, b) + 0.1, rounds=5, min_run_time=0.1)
+            lat = interleaved_latency(nets, example(splits, b) + 0.1, rounds=rounds, min_run_time=0.1)
             for r in rs:
                 if r["method"] in nets:
                     r["latency"][f"b{b}"] = {"dense": lat["dense"][0], "pruned": lat[r["method"]][0],
@@ -577,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render", action="store_true", help="only print the table of stored results")
     ap.add_argument("--doc", action="store_true", help="only rewrite the docs/benchmarks.md section")
     ap.add_argument("--redo", action="store_true", help="recompute cells already stored")
+    ap.add_argument("--latency-rounds", type=int, default=5,
+                    help="interleaved rounds of the --latency pass (default 5)")
     ap.add_argument("--latency", action="store_true",
                     help="only re-measure latency: every stored model of a cell, interleaved together")
     ap.add_argument("--results", type=Path, default=None,
@@ -600,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         write_doc(cells)
         return 0
     if args.latency:
-        joint_latency(path, cells, epochs)
+        joint_latency(path, cells, epochs, rounds=args.latency_rounds, only=only)
         return 0
     todo = []
     # seed-major, so that a stopped run has whole seeds
