@@ -360,15 +360,17 @@ class ChannelBudgetPlan(BudgetPlan):
         and dear in compute. Single channels go best ``priority`` (the heuristic's shape)
         first; blocks (``multiple`` > 1) go fewest MACs per parameter first, since one block
         at full resolution can add a quarter of the model's MACs. Where that cannot reach
-        ``FILL_TO`` (and otherwise: MAC budgets, models without a MAC count), best
-        ``priority`` first until none fits."""
+        ``FILL_TO`` or would end on more MACs (and otherwise: MAC budgets, models without a
+        MAC count, ``FILL_TO`` 1), best ``priority`` first until none fits."""
         macs = self.graph.costs.get("macs") if self.metric == "params" else None
-        if macs is not None:
-            lean = (self._top_up(k.clone(), lambda j, kj: 0.0, macs, FILL_TO) if self.multiple > 1
-                    else self._top_up(k.clone(), priority, None, FILL_TO))
-            if self._cost().cost(lean) >= FILL_TO * self.budget_params:
-                return lean
-        return self._top_up(k, priority, None, 1.0)
+        full = self._top_up(k.clone(), priority, None, 1.0)
+        if macs is None or FILL_TO >= 1.0:
+            return full
+        lean = (self._top_up(k.clone(), lambda j, kj: 0.0, macs, FILL_TO) if self.multiple > 1
+                else self._top_up(k.clone(), priority, None, FILL_TO))
+        if self._cost().cost(lean) >= FILL_TO * self.budget_params and macs.cost(lean) <= macs.cost(full):
+            return lean
+        return full  # (a greedy order can end on more MACs: never more than the shape's fill)
 
     def _top_up(self, k: torch.Tensor, priority, other, share: float) -> torch.Tensor:
         """Add blocks while the exact cost fits and less than ``share`` of the budget is spent:

@@ -510,3 +510,30 @@ def test_at_a_mac_budget_the_top_up_fills_until_no_block_fits(monkeypatch):
         monkeypatch.undo()
         for keep in keeps.values():
             _spent_or_full(plan, keep)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "cifar-resnet", "conv-bn-head", "mobilenet_v2"])
+def test_the_parameter_budget_top_up_never_costs_more_macs_than_the_shape_fill(name, monkeypatch):
+    """Whatever the model: at a parameter budget the top-up spends >= 97 % (or no block fits)
+    and ends on no more MACs than filling by shape until nothing fits (FILL_TO = 1)."""
+    from sparsesearch import budget as budget_mod
+
+    model, x = _model(name)
+    layers = find_layers(model, example_input=x)
+    scores = _l1(layers)
+    for m in (1, 8):
+        for fraction in (0.4, 0.3, 0.2):
+            plan = plan_budget(model, layers, fraction, granularity="channel", example_input=x,
+                               channel_multiple=m)
+            gen = torch.Generator().manual_seed(m)
+            dens = {lb.name: float(torch.rand((), generator=gen)) + 0.1 for lb in plan.layers}
+            monkeypatch.setattr(budget_mod, "FILL_TO", 1.0)
+            shape = {h: plan.heuristic(h, scores) for h in ("uniform", "erk")}
+            shape["random"] = plan.project(dens)
+            monkeypatch.undo()
+            now = {h: plan.heuristic(h, scores) for h in ("uniform", "erk")}
+            now["random"] = plan.project(dens)
+            for how, keep in now.items():
+                _spent_or_full(plan, keep)
+                macs = plan.graph.count(plan.group_keep(keep), "macs")
+                assert macs <= plan.graph.count(plan.group_keep(shape[how]), "macs"), (m, fraction, how)
