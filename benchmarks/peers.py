@@ -440,6 +440,8 @@ def _summary_row(model: str, kind: str, fraction: float, by: dict[str, dict[int,
     best = max(PEERS, key=lambda m: test[m])
     size = mean(ss, lambda r: r[kind]) / mean(best, lambda r: r[kind])
     lat = mean(ss, lambda r: r["latency"]["b64"]["pruned"]) / mean(best, lambda r: r["latency"]["b64"]["pruned"])
+    fastest = min(PEERS, key=lambda m: mean(m, lambda r: r["latency"]["b64"]["ratio"]))
+    lat_fast = mean(ss, lambda r: r["latency"]["b64"]["ratio"]) / mean(fastest, lambda r: r["latency"]["b64"]["ratio"])
     t_ss = mean(ss, lambda r: r["seconds"])
     t_fn, t_fn_all = mean("fastnas", lambda r: r["seconds_search"]), mean("fastnas", lambda r: r["seconds"])
     screen = (f"; {mean(ss, lambda r: r['seconds'] - r['seconds_final']) / t_fn:.1f}× without its final training"
@@ -448,6 +450,7 @@ def _summary_row(model: str, kind: str, fraction: float, by: dict[str, dict[int,
         f"{model} / {fraction * 100:g} % {kind}" + ("" if ss == "sparsesearch" else f" ({ss})"), str(len(seeds)),
         f"{(test[ss] - test[best]) * 100:+.1f}", f"{best} ({test[best] * 100:.1f})",
         f"{(test[ss] - test['fastnas']) * 100:+.1f}", f"{size:.2f}×", f"{lat:.2f}×",
+        f"{lat_fast:.2f}× ({fastest})",
         f"{t_ss / t_fn:.1f}×; {t_ss / t_fn_all:.1f}×{screen}",
     ]) + " |"
 
@@ -458,8 +461,9 @@ def render_summary(cells: dict[str, dict[str, Any]]) -> str:
     Means over the seeds both have."""
     lines = ["| model / target | seeds | sparsesearch − best peer (test pts) | best peer | "
              "sparsesearch − FastNAS | size vs best peer (target unit) | b64 latency vs best peer | "
+             "b64 latency vs the fastest peer | "
              "search s / FastNAS s (pruning only; with fine-tuning; search without its final training) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, dict[str, dict[int, dict[str, Any]]]] = {}
     for r in cells.values():
         groups.setdefault((r["model"], r["kind"], r["fraction"]), {}).setdefault(r["method"], {})[r["seed"]] = r
