@@ -379,7 +379,7 @@ class ChannelBudgetPlan(BudgetPlan):
         cost = self._cost()
         hi = torch.tensor([g.max_keep for g in self.groups], dtype=torch.long)
         left = self.budget_params - cost.cost(k)
-        enough = self.budget_params - math.floor(share * self.budget_params)  # left at the stop
+        enough = self.budget_params - math.ceil(share * self.budget_params)  # left at the stop
         out, inn = cost.state(k)
         out2, inn2 = other.state(k) if other is not None else (None, None)
         while share >= 1.0 or left > enough:  # (at 1: until no block fits)
@@ -404,9 +404,8 @@ class ChannelBudgetPlan(BudgetPlan):
 
     def project(self, densities: Mapping[str, float]) -> dict[str, int]:
         """Scale relative densities onto the budget; a group's density is the mean of its
-        members'. Bisection on the exact count, then one group channel at a time to the group
-        furthest below its target until no group fits: the budget is spent to within the
-        cheapest group channel."""
+        members'. Bisection on the exact count, then the top-up (:meth:`_fill`): at least
+        :data:`FILL_TO` of the budget is spent, or no group can take its next channel (block)."""
         for lb in self.layers:
             d = densities.get(lb.name)
             if d is None or not math.isfinite(d) or d < 0:

@@ -537,3 +537,20 @@ def test_the_parameter_budget_top_up_never_costs_more_macs_than_the_shape_fill(n
                 _spent_or_full(plan, keep)
                 macs = plan.graph.count(plan.group_keep(keep), "macs")
                 assert macs <= plan.graph.count(plan.group_keep(shape[how]), "macs"), (m, fraction, how)
+
+
+def test_the_top_up_stop_and_its_acceptance_agree_on_97_percent(monkeypatch):
+    """The stop spends at least ceil(0.97 B), so a lean top-up is not thrown away for being a
+    fraction of a parameter short of 0.97 B (it was, at floor: lenet5, ERK, blocks of 2)."""
+    from sparsesearch import budget as budget_mod
+
+    model, x = _model("lenet5")
+    plan = plan_budget(model, find_layers(model, example_input=x), 25456, granularity="channel",
+                       example_input=x, channel_multiple=2)
+    keep = plan.heuristic("erk")
+    monkeypatch.setattr(budget_mod, "FILL_TO", 1.0)
+    shape = plan.heuristic("erk")
+    monkeypatch.undo()
+    assert 0.97 * plan.budget_params <= plan.params_for(keep) <= plan.budget_params
+    macs = plan.graph.count(plan.group_keep(keep), "macs")
+    assert macs < plan.graph.count(plan.group_keep(shape), "macs")
