@@ -15,6 +15,10 @@ method starts from a copy of it.
              Torch-Pruning 1.6 ``MetaPruner`` with ``MagnitudeImportance(p=1)``, the classifier
              ignored, one shot, uniform (``global_pruning=False``) or global; its
              ``pruning_ratio`` is bisected (14 steps) to the largest model within the target.
+  tp-uniform-r8, tp-global-r8
+             the same with ``round_to=8`` (channel counts in multiples of 8, Torch-Pruning's
+             own option, its best use beside sparsesearch-m8); digits only so far. A target
+             below what blocks of 8 allow has no cell (no ratio fits).
   fastnas    ModelOpt ``mtp.prune(mode=[("fastnas", ...)])`` with channel/feature divisor 4
              (the default 32 leaves a 32-channel layer no choice), ``constraints={"params": N}``
              or ``{"flops": "P%"}``, score = validation accuracy, BatchNorm recalibrated on the
@@ -80,7 +84,7 @@ QUICK_RESULTS = ROOT / "benchmarks" / "results" / "peers-quick.json"
 RUNS = ROOT / "benchmarks" / "results" / "runs" / "peers"  # dense cache, models; beside --results
 MODELS = {"bn-cnn": "mnist-5k", "resnet8": "digits"}
 TARGETS = (("params", 0.3), ("params", 0.1), ("macs", 0.4), ("macs", 0.15))
-PEERS = ("tp-uniform", "tp-global", "fastnas")
+PEERS = ("tp-uniform", "tp-global", "fastnas", "tp-uniform-r8", "tp-global-r8")  # -r8: round_to=8
 SEARCHES = ("sparsesearch", "sparsesearch-m8")  # -m8: space.channel_multiple = 8
 METHODS = (*PEERS, *SEARCHES)
 SEEDS = (0, 1, 2)
@@ -172,9 +176,11 @@ def finetune(net: nn.Module, splits: Any, epochs: int, seed: int, lrs: tuple[flo
 # -- Torch-Pruning -----------------------------------------------------------------------------
 
 
-def tp_prune(dense: nn.Module, splits: Any, kind: str, budget: int, global_pruning: bool) -> tuple[nn.Module, dict]:
+def tp_prune(dense: nn.Module, splits: Any, kind: str, budget: int, global_pruning: bool,
+             round_to: int | None = None) -> tuple[nn.Module, dict]:
     """MetaPruner (L1 magnitude), one shot; the pruning ratio bisected to the largest model
-    whose ``kind`` count fits ``budget``."""
+    whose ``kind`` count fits ``budget``; ``round_to`` rounds channel counts to its multiples
+    (Torch-Pruning's own option, for the ``-r8`` methods)."""
     import torch_pruning as tp
 
     x = example(splits)
@@ -184,7 +190,8 @@ def tp_prune(dense: nn.Module, splits: Any, kind: str, budget: int, global_pruni
         try:
             pruner = tp.pruner.MetaPruner(
                 m, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio,
-                global_pruning=global_pruning, ignored_layers=[classifier(m)], max_pruning_ratio=0.95)
+                global_pruning=global_pruning, ignored_layers=[classifier(m)], max_pruning_ratio=0.95,
+                round_to=round_to)
             pruner.step()
             m(x)
         except Exception:  # a global ratio that empties a layer: treated as too small a model
@@ -201,10 +208,8 @@ def tp_prune(dense: nn.Module, splits: Any, kind: str, budget: int, global_pruni
             hi = mid
         else:
             lo = mid
-    if best is None:
-        best, best_ratio = pruned(hi), hi
-        if best is None:
-            raise RuntimeError(f"torch-pruning found no model within {kind} {budget}")
+    if best is None:  # (with round_to, the blocks' minimum can exceed the target: infeasible)
+        raise RuntimeError(f"torch-pruning found no model within {kind} {budget}")
     return best.eval(), {"ratio": best_ratio}
 
 
@@ -289,8 +294,9 @@ def run_cell(model: str, kind: str, fraction: float, seed: int, method: str, epo
                                      "test": evaluate(dense, splits.test)}}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        if method in ("tp-uniform", "tp-global"):
-            pruned, info = tp_prune(dense, splits, kind, budget, method == "tp-global")
+        if method.startswith("tp-"):
+            pruned, info = tp_prune(dense, splits, kind, budget, method.startswith("tp-global"),
+                                    round_to=8 if method.endswith("-r8") else None)
         elif method == "fastnas":
             pruned, info = fastnas_prune(dense, splits, kind, budget, fraction, tmp)
         elif method in SEARCHES:
@@ -427,20 +433,23 @@ def _summary_row(model: str, kind: str, fraction: float, by: dict[str, dict[int,
                  ss: str) -> str | None:
     """One row of :func:`render_summary`: search variant ``ss`` against the best peer, over the
     seeds every one of them has (None: no such seed)."""
+    # the peers measured on every seed of the search (the -r8 ones ran on digits only, and a
+    # target below their blocks' minimum has no cell)
+    peers = [m for m in PEERS if set(by.get(m, {})) >= set(by[ss])]
     seeds = set(by[ss])
-    for m in PEERS:
-        seeds &= set(by.get(m, {}))
+    for m in peers:
+        seeds &= set(by[m])
     if not seeds:
         return None
 
     def mean(method: str, f: Any) -> float:
         return statistics.mean(f(by[method][s]) for s in seeds)
 
-    test = {m: mean(m, lambda r: r["test"]) for m in (*PEERS, ss)}
-    best = max(PEERS, key=lambda m: test[m])
+    test = {m: mean(m, lambda r: r["test"]) for m in (*peers, ss)}
+    best = max(peers, key=lambda m: test[m])
     size = mean(ss, lambda r: r[kind]) / mean(best, lambda r: r[kind])
     lat = mean(ss, lambda r: r["latency"]["b64"]["pruned"]) / mean(best, lambda r: r["latency"]["b64"]["pruned"])
-    fastest = min(PEERS, key=lambda m: mean(m, lambda r: r["latency"]["b64"]["ratio"]))
+    fastest = min(peers, key=lambda m: mean(m, lambda r: r["latency"]["b64"]["ratio"]))
     lat_fast = mean(ss, lambda r: r["latency"]["b64"]["ratio"]) / mean(fastest, lambda r: r["latency"]["b64"]["ratio"])
     t_ss = mean(ss, lambda r: r["seconds"])
     t_fn, t_fn_all = mean("fastnas", lambda r: r["seconds_search"]), mean("fastnas", lambda r: r["seconds"])
