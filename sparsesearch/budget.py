@@ -631,6 +631,13 @@ def _positions(model: nn.Module, layers: Sequence[Layer], example_input: torch.T
     return out
 
 
+def check_channel_multiple(value: Any) -> int:
+    """``value`` as a ``channel_multiple`` (an int >= 1; numpy ints too), or one clear error."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise SparsesearchError(f"channel_multiple must be an int >= 1, got {value!r}")
+    return int(value)
+
+
 def plan_budget(
     model: nn.Module,
     layers: Sequence[Layer],
@@ -666,9 +673,7 @@ def plan_budget(
     """
     if metric not in ("params", "macs"):
         raise SparsesearchError(f"budget metric must be 'params' or 'macs', got {metric=}")
-    if isinstance(channel_multiple, bool) or not isinstance(channel_multiple, numbers.Integral) or channel_multiple < 1:
-        raise SparsesearchError(f"channel_multiple must be an int >= 1, got {channel_multiple=}")
-    channel_multiple = int(channel_multiple)
+    channel_multiple = check_channel_multiple(channel_multiple)
     if metric == "macs":
         if example_input is None:
             raise SparsesearchError("a MACs budget needs an example input to measure the layers")

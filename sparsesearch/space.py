@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from typing import Any, Mapping
 
+from sparsesearch.budget import check_channel_multiple
 from sparsesearch.errors import SparsesearchError, did_you_mean
 from sparsesearch.options import NUMBER_OR_RANGE as _NUMBER_OR_RANGE, option
 
@@ -137,10 +137,7 @@ class SearchSpace:
         for opt in self.optimizers:
             if opt not in ("sgd", "adamw"):
                 raise SparsesearchError(f"unknown optimizer {opt!r}; use 'sgd' or 'adamw'")
-        if (isinstance(self.channel_multiple, bool) or not isinstance(self.channel_multiple, numbers.Integral)
-                or self.channel_multiple < 1):
-            raise SparsesearchError(f"channel_multiple must be an int >= 1, got {self.channel_multiple!r}")
-        object.__setattr__(self, "channel_multiple", int(self.channel_multiple))  # numpy ints too
+        object.__setattr__(self, "channel_multiple", check_channel_multiple(self.channel_multiple))
         if not 0 <= self.min_sparsity <= self.max_sparsity < 1:
             raise SparsesearchError(
                 f"need 0 <= min_sparsity <= max_sparsity < 1, got "
