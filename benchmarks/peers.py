@@ -33,7 +33,7 @@ method starts from a copy of it.
              same fine-tuning epochs in total as a peer's three runs, spent as it chooses.
   sparsesearch-m8
              the same with ``space={"channel_multiple": 8}``: every layer keeps a multiple of
-             8 channels (or all of them). Torch-Pruning was run without its ``round_to``.
+             8 channels (or all of them); compare it with the ``-r8`` Torch-Pruning methods.
 
 Every number is measured on the compacted model: parameters, MACs, % of the target used, CPU
 latency at batch 1 and 64 (``torch.utils.benchmark`` ``blocked_autorange``, 5 rounds
@@ -431,15 +431,13 @@ def render(cells: dict[str, dict[str, Any]]) -> str:
 
 def _summary_row(model: str, kind: str, fraction: float, by: dict[str, dict[int, dict[str, Any]]],
                  ss: str) -> str | None:
-    """One row of :func:`render_summary`: search variant ``ss`` against the best peer, over the
-    seeds every one of them has (None: no such seed)."""
+    """One row of :func:`render_summary`: search variant ``ss`` against the peers measured on
+    all of its seeds (None without cells, or without FastNAS's)."""
     # the peers measured on every seed of the search (the -r8 ones ran on digits only, and a
     # target below their blocks' minimum has no cell)
-    peers = [m for m in PEERS if set(by.get(m, {})) >= set(by[ss])]
     seeds = set(by[ss])
-    for m in peers:
-        seeds &= set(by[m])
-    if not seeds:
+    peers = [m for m in PEERS if set(by.get(m, {})) >= seeds]
+    if not seeds or "fastnas" not in peers:
         return None
 
     def mean(method: str, f: Any) -> float:
@@ -448,9 +446,9 @@ def _summary_row(model: str, kind: str, fraction: float, by: dict[str, dict[int,
     test = {m: mean(m, lambda r: r["test"]) for m in (*peers, ss)}
     best = max(peers, key=lambda m: test[m])
     size = mean(ss, lambda r: r[kind]) / mean(best, lambda r: r[kind])
-    lat = mean(ss, lambda r: r["latency"]["b64"]["pruned"]) / mean(best, lambda r: r["latency"]["b64"]["pruned"])
-    fastest = min(peers, key=lambda m: mean(m, lambda r: r["latency"]["b64"]["ratio"]))
-    lat_fast = mean(ss, lambda r: r["latency"]["b64"]["ratio"]) / mean(fastest, lambda r: r["latency"]["b64"]["ratio"])
+    b64 = {m: mean(m, lambda r: r["latency"]["b64"]["ratio"]) for m in (*peers, ss)}  # × dense, same rounds
+    fastest = min(peers, key=lambda m: b64[m])
+    lat, lat_fast = b64[ss] / b64[best], b64[ss] / b64[fastest]
     t_ss = mean(ss, lambda r: r["seconds"])
     t_fn, t_fn_all = mean("fastnas", lambda r: r["seconds_search"]), mean("fastnas", lambda r: r["seconds"])
     screen = (f"; {mean(ss, lambda r: r['seconds'] - r['seconds_final']) / t_fn:.1f}× without its final training"
