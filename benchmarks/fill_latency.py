@@ -13,6 +13,7 @@ and compacted, untrained. It answers whether the fastest budget-filling model is
 fastest peer: if not, no allocation the ≥ 97 % rule allows meets the latency criterion.
 
 Run:  .venv/bin/python benchmarks/fill_latency.py [--target macs0.4] [--multiple 8] [--rounds 15]
+      [--accuracy-seeds 0 1 2 3 4]
 (writes benchmarks/results/fill_latency-<target>-m<multiple>.json and prints a summary)
 """
 
@@ -45,6 +46,14 @@ def _shape(net: torch.nn.Module) -> tuple:
     return tuple(tuple(t.shape) for t in net.state_dict().values())
 
 
+def _peer_tests(cells: dict, kind: str, fraction: float, seeds: list[int]) -> str:
+    by: dict[str, list[float]] = {}
+    for c in cells.values():
+        if c["model"] == "resnet8" and c["kind"] == kind and c["fraction"] == fraction and c["seed"] in seeds:
+            by.setdefault(c["method"], []).append(c["test"])
+    return ", ".join(f"{k} {100 * statistics.mean(v):.1f}" for k, v in sorted(by.items()) if len(v) == len(seeds))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", default="macs0.4", help="a peers.py target of resnet8, e.g. macs0.4, params0.1")
@@ -53,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--confirm", type=int, default=6, help="the screen's fastest allocations re-timed")
     p.add_argument("--rounds", type=int, default=15, help="rounds of the confirming pass")
     p.add_argument("--seed", type=int, default=0, help="the dense model's seed (peers.py's)")
+    p.add_argument("--accuracy-seeds", type=int, nargs="*", default=[],
+                   help="also fine-tune each confirmed allocation from these seeds' dense models "
+                        "(peers.py's shared fine-tuning: AdamW, 3 lrs × 8 epochs, best on val) "
+                        "and report its test accuracy")
     args = p.parse_args(argv)
     kind = "macs" if args.target.startswith("macs") else "params"
     fraction = float(args.target[len(kind):])
@@ -137,6 +150,26 @@ def main(argv: list[str] | None = None) -> int:
     for r in confirmed:
         print(f"  {r['key']}: {r['b64']:.3f} ({100 * r['budget_used']:.1f} % of the target"
               f"{'; the stored search model' if r['stored_search'] else ''}; screen {r['b64_screen']:.3f})")
+    if args.accuracy_seeds:
+        print(f"test % after peers.py's fine-tuning, mean ± std over seeds {args.accuracy_seeds} "
+              f"(peers' cells of this target: {_peer_tests(cells, kind, fraction, args.accuracy_seeds)}):")
+    for r in confirmed if args.accuracy_seeds else []:
+        tests = []
+        for seed in args.accuracy_seeds:
+            d, sp = P.dense_model("resnet8", seed)
+            sl = plan_budget(d, sparsesearch.find_layers(d), budget, granularity="channel", metric=kind,
+                             example_input=x2, channel_multiple=m)
+            net = sparsesearch.prune(copy.deepcopy(d), "l1-filter",
+                                     sl.to_sparsity(sl._layer_keep(torch.tensor(r["channels"]))), example_input=x2)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                small = sparsesearch.compact(net, example_input=x2).model
+            torch.manual_seed(seed)
+            tests.append(P.finetune(small, sp, P.EPOCHS, seed, P.LRS["resnet8"])[1]["test"])
+        r["test"] = tests
+        print(f"  {r['key']}: {100 * statistics.mean(tests):.1f} ± {100 * statistics.pstdev(tests):.1f} "
+              f"(b64 {r['b64']:.3f})", flush=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
     best = confirmed[0]["b64"] if confirmed else float("inf")
     by_method: dict[str, list[float]] = {}
     for r in peers.values():
