@@ -20,6 +20,7 @@ Run:  .venv/bin/python benchmarks/fill_latency.py [--target macs0.4] [--multiple
 from __future__ import annotations
 
 import argparse
+import re
 import copy
 import itertools
 import json
@@ -49,7 +50,8 @@ def _shape(net: torch.nn.Module) -> tuple:
 def _peer_tests(cells: dict, kind: str, fraction: float, seeds: list[int]) -> str:
     by: dict[str, list[float]] = {}
     for c in cells.values():
-        if c["model"] == "resnet8" and c["kind"] == kind and c["fraction"] == fraction and c["seed"] in seeds:
+        if (c["model"] == "resnet8" and c["kind"] == kind and c["fraction"] == fraction and c["seed"] in seeds
+                and not c["method"].startswith("sparsesearch")):
             by.setdefault(c["method"], []).append(c["test"])
     return ", ".join(f"{k} {100 * statistics.mean(v):.1f}" for k, v in sorted(by.items()) if len(v) == len(seeds))
 
@@ -67,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
                         "(peers.py's shared fine-tuning: AdamW, 3 lrs × 8 epochs, best on val) "
                         "and report its test accuracy")
     args = p.parse_args(argv)
-    kind = "macs" if args.target.startswith("macs") else "params"
-    fraction = float(args.target[len(kind):])
-    if kind not in args.target or not 0 < fraction < 1:
+    match = re.fullmatch(r"(params|macs)(0?\.\d+)", args.target)
+    if match is None or not 0 < float(match[2]) < 1:
         raise SystemExit(f"--target must look like macs0.4 or params0.1, got {args.target!r}")
+    kind, fraction = match[1], float(match[2])
     C.set_threads(1)
     P.RUNS = RESULTS / "runs" / "peers"
     dense, splits = P.dense_model("resnet8", args.seed)
@@ -102,12 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     for f in sorted(P.RUNS.glob(f"resnet8_{args.target}_*.pt")):
         _, _, seed, method = f.stem.split("_", 3)
         cell = cells.get(f"resnet8:{kind}{fraction}:{seed}:{method}")
-        if method.startswith("sparsesearch") or cell is None:
-            continue
+        if method.startswith("sparsesearch") or cell is None:  # (no cell: e.g. the unpruned
+            continue  # fallback file of an r8 cell no ratio fits, from before it was dropped)
         net = torch.load(f, weights_only=False).eval()  # our own benchmark's files
         counts = P.measure(net, splits)
-        if (counts["params"], counts["macs"]) != (cell["params"], cell["macs"]):  # not the cell's model
-            continue  # (e.g. the unpruned fallback of an r8 cell no ratio fits)
+        if (counts["params"], counts["macs"]) != (cell["params"], cell["macs"]):
+            continue  # not the cell's model (overwritten by another run)
         models[f.stem] = net
         peers[f.stem] = {"method": method, **counts, "budget_used": counts[kind] / budget}
     distinct: dict[tuple, str] = {}  # peers' models of the same shape are timed once
@@ -118,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             del models[k]
         else:
             distinct[shape] = k
+    if not peers:
+        print(f"no peer models of resnet8 {args.target} in {P.RUNS} (run benchmarks/peers.py first)", flush=True)
     print(f"{len(rows)} allocations in blocks of {m} spend {100 * FILL_TO:.0f}–100 % of {budget} {kind}; "
           f"{len(peers)} peer models ({len(distinct)} shapes)", flush=True)
     x = P.example(splits, 64) + 0.1
@@ -129,8 +133,20 @@ def main(argv: list[str] | None = None) -> int:
         r["b64_screen"] = screen[r["key"]][0] / screen["dense"][0]
     rows.sort(key=lambda r: r["b64_screen"])
     ours = {_shape(models[r["key"]]): r["key"] for r in rows}
-    stored = [ours.get(_shape(torch.load(f, weights_only=False)))
-              for f in sorted(P.RUNS.glob(f"resnet8_{args.target}_*_sparsesearch*.pt"))]
+    stored = []  # the search's stored models (peers.py) that are one of the allocations
+    search = "sparsesearch" if m == 1 else f"sparsesearch-m{m}"  # peers.py's search at this multiple
+    for f in sorted(P.RUNS.glob(f"resnet8_{args.target}_*_{search}.pt")):
+        _, _, seed, method = f.stem.split("_", 3)
+        cell, net = cells.get(f"resnet8:{kind}{fraction}:{seed}:{method}"), torch.load(f, weights_only=False)
+        counts = P.measure(net, splits)
+        if cell is None or (counts["params"], counts["macs"]) != (cell["params"], cell["macs"]):
+            print(f"  {f.name}: not its cell's model, not timed", flush=True)
+        elif _shape(net) not in ours:
+            print(f"  {f.name}: not among the allocations timed here (another --multiple, or under "
+                  f"{100 * FILL_TO:.0f} % of the target)", flush=True)
+        else:
+            stored.append(ours[_shape(net)])
+            next(r for r in rows if r["key"] == ours[_shape(net)]).setdefault("stored_as", []).append(f.name)
     keep = {"dense", *(r["key"] for r in rows[: args.confirm]), *(s for s in stored if s), *distinct.values()}
     lat = interleaved_latency({k: v for k, v in models.items() if k in keep}, x, rounds=args.rounds,
                               min_run_time=0.1)
@@ -152,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'; the stored search model' if r['stored_search'] else ''}; screen {r['b64_screen']:.3f})")
     if args.accuracy_seeds:
         print(f"test % after peers.py's fine-tuning, mean ± std over seeds {args.accuracy_seeds} "
-              f"(peers' cells of this target: {_peer_tests(cells, kind, fraction, args.accuracy_seeds)}):")
+              f"(the peers' cells of this target: {_peer_tests(cells, kind, fraction, args.accuracy_seeds)}):")
     for r in confirmed if args.accuracy_seeds else []:
         tests = []
         for seed in args.accuracy_seeds:
@@ -167,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.manual_seed(seed)
             tests.append(P.finetune(small, sp, P.EPOCHS, seed, P.LRS["resnet8"])[1]["test"])
         r["test"] = tests
-        print(f"  {r['key']}: {100 * statistics.mean(tests):.1f} ± {100 * statistics.pstdev(tests):.1f} "
+        print(f"  {r['key']}: {100 * statistics.mean(tests):.1f} ± {100 * statistics.stdev(tests) if len(tests) > 1 else 0.0:.1f} "
               f"(b64 {r['b64']:.3f})", flush=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
     best = confirmed[0]["b64"] if confirmed else float("inf")

@@ -430,7 +430,7 @@ def render(cells: dict[str, dict[str, Any]]) -> str:
 
 
 def _over(rs: list[dict[str, Any]]) -> str:
-    """" (N over)" when N of the seeds' models keep more than the target (FastNAS's constraint
+    """" (N over, max X)" when N of the seeds' models keep more than the target (FastNAS's constraint
     is approximate): a mean of the % used would hide it."""
     n = sum(r["budget_used"] > 1.0 for r in rs)
     return f" ({n} over, max {100 * max(r['budget_used'] for r in rs):.1f})" if n else ""
