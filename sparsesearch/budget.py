@@ -363,11 +363,12 @@ class ChannelBudgetPlan(BudgetPlan):
         ``FILL_TO`` or would end on more MACs (and otherwise: MAC budgets, models without a
         MAC count, ``FILL_TO`` 1), best ``priority`` first until none fits."""
         macs = self.graph.costs.get("macs") if self.metric == "params" else None
-        full = self._top_up(k.clone(), priority, None, 1.0)
         if macs is None or FILL_TO >= 1.0:
-            return full
-        lean = (self._top_up(k.clone(), lambda j, kj: 0.0, macs, FILL_TO) if self.multiple > 1
-                else self._top_up(k.clone(), priority, None, FILL_TO))
+            return self._top_up(k, priority, None, 1.0)
+        if self.multiple == 1:  # the shape order stopped at FILL_TO: a prefix of its own fill,
+            return self._top_up(k, priority, None, FILL_TO)  # so never more MACs (or all of it)
+        full = self._top_up(k.clone(), priority, None, 1.0)
+        lean = self._top_up(k.clone(), lambda j, kj: 0.0, macs, FILL_TO)
         if self._cost().cost(lean) >= FILL_TO * self.budget_params and macs.cost(lean) <= macs.cost(full):
             return lean
         return full  # (a greedy order can end on more MACs: never more than the shape's fill)
