@@ -43,6 +43,14 @@ from sparsesearch.report import interleaved_latency  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _pruned(dense: torch.nn.Module, sparsity: dict[str, float], x: torch.Tensor) -> torch.nn.Module:
+    """``dense`` masked to ``sparsity`` with ``l1-filter``, compacted."""
+    net = sparsesearch.prune(copy.deepcopy(dense), "l1-filter", sparsity, example_input=x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sparsesearch.compact(net, example_input=x).model.eval()
+
+
 def _shape(net: torch.nn.Module) -> tuple:
     return tuple(tuple(t.shape) for t in net.state_dict().values())
 
@@ -69,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(peers.py's shared fine-tuning: AdamW, 3 lrs × 8 epochs, best on val) "
                         "and report its test accuracy")
     args = p.parse_args(argv)
+    if args.multiple < 1 or args.screen_rounds < 1 or args.rounds < 1 or args.confirm < 0:
+        raise SystemExit("fill_latency: --multiple, --screen-rounds and --rounds must be >= 1, --confirm >= 0")
     match = re.fullmatch(r"(params|macs)(0?\.\d+)", args.target)
     if match is None or not 0 < float(match[2]) < 1:
         raise SystemExit(f"--target must look like macs0.4 or params0.1, got {args.target!r}")
@@ -78,40 +88,36 @@ def main(argv: list[str] | None = None) -> int:
     dense, splits = P.dense_model("resnet8", args.seed)
     x2 = P.example(splits, 2)
     budget = P.budget_of(dense, splits, kind, fraction)
-    layers = sparsesearch.find_layers(dense)
-    plan = plan_budget(dense, layers, budget, granularity="channel", metric=kind, example_input=x2,
-                       channel_multiple=args.multiple)
+    try:
+        plan = plan_budget(dense, sparsesearch.find_layers(dense), budget, granularity="channel",
+                           metric=kind, example_input=x2, channel_multiple=args.multiple)
+    except sparsesearch.SparsesearchError as exc:  # e.g. blocks too coarse for the target
+        raise SystemExit(f"fill_latency: {exc}") from None
     m = args.multiple
     choices = [sorted({*range(max(m, g.min_keep), g.max_keep + 1, m), g.max_keep}) for g in plan.groups]
     models: dict[str, torch.nn.Module] = {"dense": dense}
     rows: list[dict] = []
-    cost = plan._cost()  # the plan's exact count (it equals the compacted model's, tested)
     for keep in itertools.product(*choices):
-        spent = cost.cost(torch.tensor(keep, dtype=torch.long))
-        if not FILL_TO * budget <= spent <= budget:
+        k = torch.tensor(keep, dtype=torch.long)
+        if not FILL_TO * budget <= plan.graph.count(k, kind) <= budget:  # the exact compacted count
             continue
-        per_layer = plan._layer_keep(torch.tensor(keep, dtype=torch.long))
-        net = sparsesearch.prune(copy.deepcopy(dense), "l1-filter", plan.to_sparsity(per_layer), example_input=x2)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            small = sparsesearch.compact(net, example_input=x2).model.eval()
+        # (the plan's own group → layer mapping; the sparsity depends only on the architecture)
+        sparsity = plan.to_sparsity(plan._layer_keep(k))
+        small = _pruned(dense, sparsity, x2)
         counts = P.measure(small, splits)
         key = "-".join(map(str, keep))
         models[key] = small
-        rows.append({"key": key, "channels": list(keep), **counts, "budget_used": counts[kind] / budget})
-    peers = {}
-    cells = P.load(P.RESULTS)
-    for f in sorted(P.RUNS.glob(f"resnet8_{args.target}_*.pt")):
-        _, _, seed, method = f.stem.split("_", 3)
-        cell = cells.get(f"resnet8:{kind}{fraction}:{seed}:{method}")
-        if method.startswith("sparsesearch") or cell is None:  # (no cell: e.g. the unpruned
-            continue  # fallback file of an r8 cell no ratio fits, from before it was dropped)
-        net = torch.load(f, weights_only=False).eval()  # our own benchmark's files
-        counts = P.measure(net, splits)
-        if (counts["params"], counts["macs"]) != (cell["params"], cell["macs"]):
-            continue  # not the cell's model (overwritten by another run)
-        models[f.stem] = net
-        peers[f.stem] = {"method": method, **counts, "budget_used": counts[kind] / budget}
+        rows.append({"key": key, "channels": list(keep), "sparsity": sparsity, **counts,
+                     "budget_used": counts[kind] / budget})
+    cells = {k: c for k, c in P.load(P.RESULTS).items()
+             if (c["model"], c["kind"], c["fraction"]) == ("resnet8", kind, fraction)}
+    peers = {}  # the peers' stored models of this target that are their cell's
+    for k, cell in sorted(cells.items()):
+        net = None if cell["method"] in P.SEARCHES else P.stored_model(cell, splits)
+        if net is not None:
+            models[k] = net
+            peers[k] = {"method": cell["method"], "params": cell["params"], "macs": cell["macs"],
+                        "budget_used": cell["budget_used"]}
     distinct: dict[tuple, str] = {}  # peers' models of the same shape are timed once
     for k in list(peers):
         shape = _shape(models[k])
@@ -135,19 +141,19 @@ def main(argv: list[str] | None = None) -> int:
     ours = {_shape(models[r["key"]]): r["key"] for r in rows}
     stored = []  # the search's stored models (peers.py) that are one of the allocations
     search = "sparsesearch" if m == 1 else f"sparsesearch-m{m}"  # peers.py's search at this multiple
-    for f in sorted(P.RUNS.glob(f"resnet8_{args.target}_*_{search}.pt")):
-        _, _, seed, method = f.stem.split("_", 3)
-        cell, net = cells.get(f"resnet8:{kind}{fraction}:{seed}:{method}"), torch.load(f, weights_only=False)
-        counts = P.measure(net, splits)
-        if cell is None or (counts["params"], counts["macs"]) != (cell["params"], cell["macs"]):
-            print(f"  {f.name}: not its cell's model, not timed", flush=True)
+    for k, cell in sorted(cells.items()):
+        if cell["method"] != search:
+            continue
+        net = P.stored_model(cell, splits)
+        if net is None:
+            print(f"  {k}: no stored model of this cell, not timed", flush=True)
         elif _shape(net) not in ours:
-            print(f"  {f.name}: not among the allocations timed here (another --multiple, or under "
-                  f"{100 * FILL_TO:.0f} % of the target)", flush=True)
+            print(f"  {k}: not among the allocations timed here (under {100 * FILL_TO:.0f} % of "
+                  f"the target)", flush=True)
         else:
             stored.append(ours[_shape(net)])
-            next(r for r in rows if r["key"] == ours[_shape(net)]).setdefault("stored_as", []).append(f.name)
-    keep = {"dense", *(r["key"] for r in rows[: args.confirm]), *(s for s in stored if s), *distinct.values()}
+            next(r for r in rows if r["key"] == ours[_shape(net)]).setdefault("stored_as", []).append(k)
+    keep = {"dense", *(r["key"] for r in rows[: args.confirm]), *stored, *distinct.values()}
     lat = interleaved_latency({k: v for k, v in models.items() if k in keep}, x, rounds=args.rounds,
                               min_run_time=0.1)
     confirmed = [r for r in rows if r["key"] in lat]
@@ -173,13 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         tests = []
         for seed in args.accuracy_seeds:
             d, sp = P.dense_model("resnet8", seed)
-            sl = plan_budget(d, sparsesearch.find_layers(d), budget, granularity="channel", metric=kind,
-                             example_input=x2, channel_multiple=m)
-            net = sparsesearch.prune(copy.deepcopy(d), "l1-filter",
-                                     sl.to_sparsity(sl._layer_keep(torch.tensor(r["channels"]))), example_input=x2)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                small = sparsesearch.compact(net, example_input=x2).model
+            small = _pruned(d, r["sparsity"], x2).train()
             torch.manual_seed(seed)
             tests.append(P.finetune(small, sp, P.EPOCHS, seed, P.LRS["resnet8"])[1]["test"])
         r["test"] = tests

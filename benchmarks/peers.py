@@ -342,6 +342,22 @@ def _key(r: dict[str, Any]) -> str:
     return f"{r['model']}:{r['kind']}{r['fraction']}:{r['seed']}:{r['method']}"
 
 
+def stored_model(r: dict[str, Any], splits: Any) -> nn.Module | None:
+    """The model cell ``r`` saved under RUNS (eval mode), or None when there is none or the file
+    holds another run's model (its params/MACs are not the cell's)."""
+    f = _model_file(r)
+    if not f.is_file():
+        return None
+    net = torch.load(f, weights_only=False).eval()  # this benchmark's own files (whole modules)
+    got = measure(net, splits)
+    return net if (got["params"], got["macs"]) == (r["params"], r["macs"]) else None
+
+
+def selected(only: list[str] | None, model: str, kind: str, fraction: float) -> bool:
+    """Whether ``--only`` (models or model:target cells; None: all) takes this target."""
+    return only is None or model in only or f"{model}:{kind}{fraction}" in only
+
+
 def load(path: Path) -> dict[str, dict[str, Any]]:
     if path.is_file():
         return {_key(r): r for r in json.loads(path.read_text())["cells"]}
@@ -549,21 +565,16 @@ def joint_latency(path: Path, cells: dict[str, dict[str, Any]], epochs: int, *, 
     for r in cells.values():
         groups.setdefault((r["model"], r["kind"], r["fraction"], r["seed"]), []).append(r)
     for (model, kind, fraction, seed), rs in sorted(groups.items()):
-        if only is not None and model not in only and f"{model}:{kind}{fraction}" not in only:
+        if not selected(only, model, kind, fraction):
             continue
         dense, splits = dense_model(model, seed)
         nets = {"dense": dense}
         for r in rs:
-            f = _model_file(r)
-            if not f.is_file():
-                continue
-            net = torch.load(f, weights_only=False).eval()
-            got = measure(net, splits)
-            if (got["params"], got["macs"]) != (r["params"], r["macs"]):  # another run's model
-                stale.append(f"{_key(r)} (file {got['params']} params / {got['macs']} MACs, "
-                             f"cell {r['params']} / {r['macs']})")
-                continue
-            nets[r["method"]] = net
+            net = stored_model(r, splits)
+            if net is not None:
+                nets[r["method"]] = net
+            elif _model_file(r).is_file():  # another run's model
+                stale.append(_key(r))
         if len(nets) < 2:
             continue
         for b in (1, 64):
@@ -631,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             for model in MODELS:
                 for kind, f in TARGETS:
-                    if only is not None and model not in only and f"{model}:{kind}{f}" not in only:
+                    if not selected(only, model, kind, f):
                         continue
                     key = f"{model}:{kind}{f}:{seed}:{method}"
                     old = cells.get(key)
