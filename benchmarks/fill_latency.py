@@ -7,7 +7,7 @@ FastNAS 86 %, Torch-Pruning ``round_to=8`` 72–91 %). This script times **every
 of the residual CNN (``resnet8`` on digits) in blocks of ``--multiple`` channels whose
 compacted model spends 97–100 % of the target, beside the peers' stored models of that target
 (``benchmarks/results/runs/peers``, written by ``peers.py``) and the dense model, in the same
-interleaved rounds (``sparsesearch.report.interleaved_latency``, one torch thread). Latency does
+interleaved rounds (``sparsesearch.latency.interleaved_latency``, one torch thread). Latency does
 not depend on the weights, so the allocations are masked on the dense model with ``l1-filter``
 and compacted, untrained. It answers whether the fastest budget-filling model is as fast as the
 fastest peer: if not, no allocation the ≥ 97 % rule allows meets the latency criterion.
@@ -38,7 +38,7 @@ import peers as P  # noqa: E402
 
 import sparsesearch  # noqa: E402
 from sparsesearch.budget import FILL_TO, plan_budget  # noqa: E402
-from sparsesearch.report import interleaved_latency  # noqa: E402
+from sparsesearch.latency import interleaved_latency  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

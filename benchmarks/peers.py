@@ -34,6 +34,10 @@ method starts from a copy of it.
   sparsesearch-m8
              the same with ``space={"channel_multiple": 8}``: every layer keeps a multiple of
              8 channels (or all of them); compare it with the ``-r8`` Torch-Pruning methods.
+  sparsesearch-lat, sparsesearch-m8-lat
+             the same two with ``latency=True``: the fastest of the heuristics' budget-filling
+             allocations (timed compacted on this machine before any training, batch 64) seed
+             the study, and of models within validation noise the faster is kept.
 
 Every number is measured on the compacted model: parameters, MACs, % of the target used, CPU
 latency at batch 1 and 64 (``torch.utils.benchmark`` ``blocked_autorange``, 5 rounds
@@ -75,7 +79,7 @@ sys.path.insert(0, str(ROOT))
 
 import sparsesearch  # noqa: E402
 from sparsesearch import count_macs, count_params, load_dataset, record  # noqa: E402
-from sparsesearch.report import interleaved_latency  # noqa: E402
+from sparsesearch.latency import interleaved_latency  # noqa: E402
 from sparsesearch.search import prepare_dense_model  # noqa: E402
 from sparsesearch.train import NonFiniteLossError, evaluate, fit  # noqa: E402
 
@@ -85,7 +89,8 @@ RUNS = ROOT / "benchmarks" / "results" / "runs" / "peers"  # dense cache, models
 MODELS = {"bn-cnn": "mnist-5k", "resnet8": "digits"}
 TARGETS = (("params", 0.3), ("params", 0.1), ("macs", 0.4), ("macs", 0.15))
 PEERS = ("tp-uniform", "tp-global", "fastnas", "tp-uniform-r8", "tp-global-r8")  # -r8: round_to=8
-SEARCHES = ("sparsesearch", "sparsesearch-m8")  # -m8: space.channel_multiple = 8
+SEARCHES = ("sparsesearch", "sparsesearch-m8", "sparsesearch-lat", "sparsesearch-m8-lat")
+# -m8: space.channel_multiple = 8; -lat: latency=True (the faster of budget-filling models, measured)
 METHODS = (*PEERS, *SEARCHES)
 SEEDS = (0, 1, 2)
 # the peers' learning-rate grid per model, centred on where they pick: on digits every peer took
@@ -244,12 +249,12 @@ def fastnas_prune(dense: nn.Module, splits: Any, kind: str, budget: int, fractio
 
 
 def run_search(dense: nn.Module, splits: Any, kind: str, fraction: float, seed: int, epochs: int,
-               channel_multiple: int = 1) -> tuple[nn.Module, dict]:
+               channel_multiple: int = 1, latency: bool = False) -> tuple[nn.Module, dict]:
     with tempfile.TemporaryDirectory() as tmp:
         r = sparsesearch.search(copy.deepcopy(dense), (splits.train, splits.val, splits.test), fraction,
                                 strategies="l1-filter", trained=True, seed=seed, compute=epochs,
                                 budget_metric=kind, runs_dir=tmp, study_name="bench",
-                                space={"channel_multiple": channel_multiple})
+                                space={"channel_multiple": channel_multiple}, latency=latency)
         small = sparsesearch.compact(r.model, example_input=example(splits, 2))
         info = {"val": r.val_accuracy, "test": r.test_accuracy, "epochs": r.epochs_trained,
                 "trials": len(r.study.trials), "budget_reported": r.budget_params,
@@ -301,7 +306,8 @@ def run_cell(model: str, kind: str, fraction: float, seed: int, method: str, epo
             pruned, info = fastnas_prune(dense, splits, kind, budget, fraction, tmp)
         elif method in SEARCHES:
             final, info = run_search(dense, splits, kind, fraction, seed, epochs * len(LRS[model]),
-                                     channel_multiple=8 if method == "sparsesearch-m8" else 1)
+                                     channel_multiple=8 if "-m8" in method else 1,
+                                     latency=method.endswith("-lat"))
         else:
             raise SystemExit(f"unknown method {method!r}")
     t_prune = time.perf_counter() - t0

@@ -11,6 +11,7 @@ from sparsesearch.data import Splits, list_datasets, load_dataset
 from sparsesearch.fidelity import ComputeBudget
 from sparsesearch.errors import BudgetError, PluginError, SparsesearchError, StrategyError
 from sparsesearch.hookspecs import hookimpl
+from sparsesearch.latency import LatencySettings
 from sparsesearch.layers import find_layers
 from sparsesearch.macs import count_macs
 from sparsesearch.masks import load_masked_state_dict, make_permanent
@@ -30,6 +31,7 @@ __all__ = [
     "CompactionError",
     "ComputeBudget",
     "DenseSettings",
+    "LatencySettings",
     "Layer",
     "ParamCount",
     "PluginError",

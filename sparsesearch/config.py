@@ -27,6 +27,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 from sparsesearch.budget import HEURISTICS
 from sparsesearch.errors import SparsesearchError, did_you_mean
 from sparsesearch.fidelity import ComputeBudget
+from sparsesearch.latency import LatencySettings
 from sparsesearch.options import DOC, KIND, NUMBER_OR_RANGE, described, option
 from sparsesearch.search import DenseSettings
 from sparsesearch.space import SearchSpace
@@ -181,6 +182,8 @@ class StudyConfig:
     strategy_params: dict[str, Any] = _table("strategy_params", {}, build=_strategy_params_kwarg,
                                              kwarg="strategy_params")
     dense: dict[str, Any] = _table("dense", DenseSettings, build=_dense_settings, kwarg="dense")
+    latency: dict[str, Any] = _table("latency", LatencySettings, build=LatencySettings.from_mapping,
+                                     kwarg="latency")
     path: str | None = option(None, kind="derived", doc="the study file")
 
     def replace(self, **changes: Any) -> "StudyConfig":

@@ -218,9 +218,16 @@ def standard_error(accuracy: float, n: int) -> float:
     return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / max(n, 1))
 
 
+def _latency(t: FrozenTrial) -> float:
+    """The trial's recorded latency (× dense; a latency-preferring study), else infinity."""
+    v = t.user_attrs.get(record.LATENCY)
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else math.inf
+
+
 def choose_final(trials: Sequence[FrozenTrial], val_size: int) -> FrozenTrial | None:
     """The final model among COMPLETE finalists: the highest validation accuracy; finalists
-    within one standard error of it are compared on validation loss (lower wins), then on
+    within one standard error of it are compared on their recorded latency (a
+    latency-preferring study: lower wins), then on validation loss (lower wins), then on
     accuracy, then on trial number. ``None`` when no finalist completed."""
     done = [t for t in trials if t.state == TrialState.COMPLETE
             and t.user_attrs.get(record.PHASE) == record.FINAL and t.values]
@@ -229,11 +236,20 @@ def choose_final(trials: Sequence[FrozenTrial], val_size: int) -> FrozenTrial | 
     best = max(t.values[0] for t in done)
     se = standard_error(best, val_size)
     close = [t for t in done if t.values[0] >= best - se]
-    return min(close, key=lambda t: (t.user_attrs.get(record.VAL_LOSS, math.inf), -t.values[0], t.number))
+    return min(close, key=lambda t: (_latency(t), t.user_attrs.get(record.VAL_LOSS, math.inf),
+                                     -t.values[0], t.number))
 
 
-def screen_ranking(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """COMPLETE screening trials, best first (validation accuracy, then loss, then number)."""
+def screen_ranking(trials: Sequence[FrozenTrial], val_size: int = 0) -> list[FrozenTrial]:
+    """COMPLETE screening trials, best first (validation accuracy, then loss, then number).
+    With ``val_size``, the trials within one standard error of the best accuracy come first,
+    the fastest first (their recorded latency, a latency-preferring study; trials without one
+    keep the order above)."""
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.values
             and t.user_attrs.get(record.PHASE, record.SCREEN) == record.SCREEN]
-    return sorted(done, key=lambda t: (-t.values[0], t.user_attrs.get(record.VAL_LOSS, math.inf), t.number))
+    order = sorted(done, key=lambda t: (-t.values[0], t.user_attrs.get(record.VAL_LOSS, math.inf), t.number))
+    if not order or not val_size:
+        return order
+    floor = order[0].values[0] - standard_error(order[0].values[0], val_size)
+    close = [t for t in order if t.values[0] >= floor]
+    return sorted(close, key=_latency) + order[len(close):]  # a stable sort: ties keep the order

@@ -6,14 +6,15 @@ Study attributes (``study.user_attrs``)::
     format, identity, settings, budget_metric, budget_range, budget_params | budget_macs, total_params, total_macs,
     dense_val_accuracy, dense_test_accuracy, dense_epochs, val_size, seeds_enqueued,
     compute (the ComputeBudget as a dict), epochs_trained, finals_enqueued, final_trial,
-    best_trial, test_accuracy ({trial number: accuracy}, the chosen trial only)
+    best_trial, test_accuracy ({trial number: accuracy}, the chosen trial only),
+    latency_candidates (a latency-preferring study's timed seed allocations)
 
 Trial attributes (``trial.user_attrs``)::
 
     phase ("screen" | "final"), finalist_of, lr_scale, heuristic, seed_trial, retry_of, strategy,
     granularity, sparsity,
     params, macs, recipe, epochs, val_accuracy, val_loss, pruned_at_epoch, stop_reason,
-    fail_reason, traceback, surplus
+    fail_reason, traceback, surplus, latency (× the dense model's, a latency-preferring study)
 
 Writing: a trial's attributes are written together when it ends (:func:`trial_attrs`, one
 storage call); what the storage holds of a running trial is published when its training starts
@@ -49,6 +50,7 @@ FINALS_ENQUEUED = "finals_enqueued"
 FINAL_TRIAL = "final_trial"
 BEST_TRIAL = "best_trial"
 TEST_ACCURACY = "test_accuracy"
+LATENCY_CANDIDATES = "latency_candidates"  # [{heuristic, temperature, latency}], fastest first
 
 # trial attributes
 PHASE = "phase"
@@ -72,6 +74,7 @@ STOP_REASON = "stop_reason"
 FAIL_REASON = "fail_reason"
 TRACEBACK = "traceback"
 SURPLUS = "surplus"  # a trial PRUNED because several workers asked for the last place
+LATENCY = "latency"  # the compacted model's latency over the dense model's (LatencySettings)
 
 
 def budget_key(metric: str) -> str:

@@ -31,6 +31,7 @@ from sparsesearch.errors import SparsesearchError
 from sparsesearch.export import (
     compacted, config_from_study, dense_for, example_batch, rebuild_trial,
 )
+from sparsesearch.latency import interleaved_latency
 from sparsesearch.search import best_trial
 from sparsesearch.storage import make_storage, mask_url, run_folder
 
@@ -487,30 +488,6 @@ def plot_layer_sparsity(best: FrozenTrial, path: Path, compare: FrozenTrial | No
 # CPU latency of the dense and the compacted best model
 
 LATENCY_BATCHES = (1, 64)
-
-
-def interleaved_latency(models: dict[str, Any], example: Any, *, rounds: int = 5,
-                        min_run_time: float = 0.05) -> dict[str, tuple[float, float, float]]:
-    """Per model: ``(median, low quartile, high quartile)`` seconds of one ``model(example)``
-    on the CPU (``torch.inference_mode``), measured with ``torch.utils.benchmark`` (adaptive
-    ``blocked_autorange``) in ``rounds`` interleaved rounds (dense, compacted, dense, ...), so a
-    change of machine load hits every model alike. The spread is over all measured blocks."""
-    from torch.utils import benchmark  # imported on demand: only the latency section needs it
-
-    times: dict[str, list[float]] = {k: [] for k in models}
-    with torch.inference_mode():
-        for m in models.values():
-            m.cpu().eval()(example)  # warm-up
-        for _ in range(rounds):
-            for name, m in models.items():
-                t = benchmark.Timer(stmt="m(x)", globals={"m": m, "x": example},
-                                    num_threads=torch.get_num_threads())
-                times[name].extend(t.blocked_autorange(min_run_time=min_run_time).times)
-    out = {}
-    for name, ts in times.items():
-        q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [ts[0]] * 3
-        out[name] = (statistics.median(ts), q[0], q[2])
-    return out
 
 
 def _latency_section(study: optuna.Study, best: FrozenTrial, runs_dir: Any, config: Any,

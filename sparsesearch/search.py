@@ -37,6 +37,7 @@ from sparsesearch.compact import compact
 from sparsesearch.data import as_splits
 from sparsesearch.errors import BudgetError, NoCompleteTrialError, SparsesearchError
 from sparsesearch.fidelity import ComputeBudget, auto_dense_epochs, choose_final, epochs_spent, screen_ranking
+from sparsesearch.latency import LatencySettings, latency_ratios
 from sparsesearch.layers import find_layers
 from sparsesearch.macs import count_macs
 from sparsesearch.masks import make_permanent
@@ -104,6 +105,13 @@ class SearchResult:
     def compression(self) -> float:
         return self.total_params / max(self.params, 1)
 
+    @property
+    def latency(self) -> float | None:
+        """The chosen model's measured latency over the dense model's (a latency-preferring
+        study, see :class:`sparsesearch.LatencySettings`), else ``None``."""
+        v = self.best_trial.user_attrs.get(record.LATENCY)
+        return float(v) if isinstance(v, (int, float)) else None
+
     def summary(self) -> str:
         t = "n/a" if self.test_accuracy is None else f"{self.test_accuracy:.4f}"
         attrs = self.best_trial.user_attrs
@@ -117,6 +125,9 @@ class SearchResult:
         else:
             size = (f"params {self.params}/{self.total_params} ({self.compression:.1f}x; budget "
                     f"{self.budget_params})")
+        if self.latency is not None:
+            batch = self.study.user_attrs.get(record.SETTINGS, {}).get("latency", {}).get("batch", "?")
+            size += f"; latency {self.latency:.2f}x dense (batch {batch}, measured)"
         return (
             f"best trial #{self.best_trial.number} ({what}): val {self.val_accuracy:.4f}, test {t}, "
             f"{size}; dense val {self.dense_val_accuracy:.4f}; fine-tuning epochs "
@@ -289,6 +300,7 @@ class _Objective:
     score_dir: Path | None = None
     score_key: Any = None
     score_cache: dict[Any, dict[str, torch.Tensor]] = dataclasses.field(default_factory=dict)
+    latency: LatencySettings | None = None  # time each compacted model (a latency-preferring study)
     heuristic_cache: dict[Any, dict[str, int]] = dataclasses.field(default_factory=dict)
     models: dict[int, nn.Module] = dataclasses.field(default_factory=dict)
     best_value: float | None = None
@@ -469,7 +481,9 @@ class _Objective:
             # for the trained model too. Structured models are counted compacted.
             if not final:
                 return
-            measured["params"], measured["macs"] = self.measure(masked, strat.granularity)
+            measured["params"], measured["macs"], lat = self.measure(masked, strat.granularity)
+            if lat is not None:
+                attrs[record.LATENCY] = lat
             value = measured[plan.metric]
             if value > plan.budget_params:
                 raise SparsesearchError(
@@ -521,19 +535,25 @@ class _Objective:
             self.best_value, self.best_screen = val, number
             self.models[number] = model
 
-    def measure(self, model: nn.Module, granularity: str) -> tuple[int, int]:
-        """Parameters counted against the budget, and MACs per sample. Structured models are
-        counted compacted (a removed channel is credited with the downstream weights it
-        kills); unstructured ones by their non-zero weights."""
+    def measure(self, model: nn.Module, granularity: str) -> tuple[int, int, float | None]:
+        """Parameters counted against the budget, MACs per sample, and (a latency-preferring
+        study) the latency over the dense model's. Structured models are counted (and timed)
+        compacted (a removed channel is credited with the downstream weights it kills);
+        unstructured ones by their non-zero weights."""
         x = _example(self.splits, self.device)
         if granularity != "channel":
-            return count_params(model).remaining, count_macs(model, x, nonzero=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = compact(model, example_input=x)
+            return count_params(model).remaining, count_macs(model, x, nonzero=True), None
+        res = _compacted(model, x)
         if res.fallback:
-            return count_params(model).remaining, count_macs(model, x)
-        return int(res.params_after), count_macs(res.model, x)
+            return count_params(model).remaining, count_macs(model, x), self.latency_of(model)
+        return int(res.params_after), count_macs(res.model, x), self.latency_of(res.model)
+
+    def latency_of(self, model: nn.Module) -> float | None:
+        """``model``'s latency over the dense model's (None unless the study prefers latency)."""
+        if self.latency is None:
+            return None
+        x = self.latency.example(self.splits.val)
+        return round(latency_ratios({"model": model}, self.dense, x, self.latency)["model"], 4)
 
     def scores_for(self, strategy: str, params: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         key = (strategy, json.dumps(params, sort_keys=True, default=str))
@@ -557,6 +577,13 @@ class _Objective:
                 safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in strategy)
                 self.score_cache[key] = cached_tensors(Path(self.score_dir) / f"scores-{safe}-{h}.pt", compute)
         return self.score_cache[key]
+
+
+def _compacted(model: nn.Module, example: torch.Tensor):
+    """``compact(model)`` without its warnings (a fallback is read off the result)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return compact(model, example_input=example)
 
 
 def _strategy_version(name: str) -> tuple[str, str | None, str]:
@@ -723,7 +750,7 @@ def _identity(*, model: nn.Module | str, net: nn.Module, data_key: str, budget: 
               budget_metric: str, seed: int, space: SearchSpace, strategies: Sequence[str],
               heuristics: Sequence[str], compute: ComputeBudget, objective: str,
               dense: DenseSettings, include: Any, exclude: Any, trained: bool | None,
-              strategy_params: Mapping[str, Any]) -> dict[str, Any]:
+              strategy_params: Mapping[str, Any], latency: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What makes a study the same problem: compared on resume, part by part."""
     return {
         "model": model if isinstance(model, str) else f"{type(net).__name__}:{_fingerprint(str(net))}",
@@ -732,7 +759,7 @@ def _identity(*, model: nn.Module | str, net: nn.Module, data_key: str, budget: 
         "space": space.to_dict(), "strategies": list(strategies), "heuristics": list(heuristics),
         "compute": compute.to_dict(), "objective": objective, "dense": dataclasses.asdict(dense),
         "include": list(include or []), "exclude": list(exclude or []), "trained": trained,
-        "strategy_params": dict(strategy_params),
+        "strategy_params": dict(strategy_params), "latency": latency,
     }
 
 
@@ -836,6 +863,7 @@ def _search(
     local_fraction: float = 0.5,
     budget_metric: str = "params",
     strategy_params: Mapping[str, Mapping[str, Any]] | None = None,
+    latency: LatencySettings | Mapping[str, Any] | bool | None = None,
 ) -> SearchResult:
     """Search per-layer sparsity and retrain settings of ``model`` under ``budget``, within a
     fine-tuning compute budget (``compute``), and return the final model.
@@ -876,6 +904,11 @@ def _search(
         strategy_params: ``{strategy: {hyperparameter: value}}`` fixing (a number or a choice)
             or narrowing (``[low, high]``, a list of choices) what strategy plugins suggest
             through ``sparsesearch_suggest_params``.
+        latency: prefer faster models, measured on this machine (channel strategies,
+            ``objective="accuracy"``): ``True`` or a :class:`sparsesearch.LatencySettings` /
+            dict of its fields. The fastest budget-filling seed allocations are trained first,
+            every trial records its latency, and of models validation cannot tell apart the
+            faster is kept (:mod:`sparsesearch.latency`). Default: off.
     Returns:
         a :class:`SearchResult`; its test accuracy is measured for the final model only.
     """
@@ -890,6 +923,17 @@ def _search(
     if not strategies:
         raise SparsesearchError("strategies is empty: name at least one strategy")
     infos = [plugins.get_strategy(s) for s in strategies]  # unknown names fail here
+    latency_settings = LatencySettings.from_mapping(latency)
+    if latency_settings is not None:
+        if objective != "accuracy":
+            raise SparsesearchError(
+                f"latency preference needs objective='accuracy' (a pareto study returns the whole "
+                f"size trade-off), got {objective=}")
+        weight = [i.name for i in infos if i.strategy.granularity != "channel"]
+        if weight:
+            raise SparsesearchError(
+                f"latency preference needs channel strategies: weight sparsity keeps the dense "
+                f"shapes, and so the dense model's CPU latency (not channel strategies: {', '.join(weight)})")
     overrides = {str(k): dict(v) for k, v in (strategy_params or {}).items()}
     for name in overrides:
         if name not in strategies:
@@ -944,6 +988,7 @@ def _search(
         seed=seed, space=space, strategies=strategies, heuristics=heuristics,
         compute=budget_compute, objective=objective, dense=dense_settings, include=include,
         exclude=exclude, trained=trained, strategy_params=overrides,
+        latency=None if latency_settings is None else {"batch": latency_settings.batch},
     )
     _check_identity(storage, study_name, identity)
     example = _example(splits, torch_device)
@@ -979,7 +1024,8 @@ def _search(
                     splits.num_classes)
 
     directions = ["maximize", "minimize"] if objective == "pareto" else ["maximize"]
-    seeds = [(h, sv) for h in heuristics for sv in space.seed_values()]
+    seeds: list[tuple[str, dict[str, Any], float | None]] = [
+        (h, sv, None) for h in heuristics for sv in space.seed_values()]
     created = create_study_once(storage, study_name, directions)  # one of several workers
     study = optuna.create_study(
         storage=storage,
@@ -997,6 +1043,7 @@ def _search(
         "include": list(include or []), "exclude": list(exclude or []),
         "data": data if isinstance(data, str) else "(datasets)",
         "model": model if isinstance(model, str) else type(model).__name__,
+        "latency": None if latency_settings is None else latency_settings.to_dict(),
     }
     budget_key = record.budget_key(budget_metric)
     owner, existing = setup_owner(study, created, key=budget_key)  # attributes and seeds are written once
@@ -1027,9 +1074,11 @@ def _search(
         splits=splits, device=torch_device, teacher=teacher, num_batches=num_batches,
         multi_objective=objective == "pareto", strategy_overrides=overrides, budget_range=budget_range,
         score_dir=run_dir if isinstance(data, str) else None,
-        score_key=(data_key, _state_fingerprint(dense_model)),
+        score_key=(data_key, _state_fingerprint(dense_model)), latency=latency_settings,
     )
     if owner:
+        if latency_settings is not None:  # the fastest budget-filling allocations seed the study
+            seeds = _fastest_seeds(study, obj, plans[infos[0].strategy.granularity], seeds)
         _enqueue_seeds(study, obj, seeds, infos[0].strategy, plans)
     elif not study.user_attrs.get(record.FINALS_ENQUEUED):
         with FileLock(str(run_dir / ".finals.lock")):  # a seed Ctrl-C or SIGTERM stopped: again
@@ -1068,13 +1117,69 @@ def _search(
                    objective=objective)
 
 
-def _enqueue_seeds(study: optuna.Study, obj: _Objective, seeds: Sequence[tuple[str, dict[str, Any]]],
+# the family's temperatures a latency-preferring study times, within alloc_temperature: from
+# uniform (0) to each heuristic (1), never sharper. Sharper allocations were the fastest and the
+# least accurate (resnet8 on digits at 15 % of its MACs, lamp at 1.5-2: 74.7-94.7 % test after the
+# search's own final training, against 96.1-98.6 % at 0-1; docs/benchmarks.md)
+LATENCY_TEMPERATURES = (0.0, 0.5, 1.0)
+
+
+def _fastest_seeds(study: optuna.Study, obj: _Objective, plan: BudgetPlan,
+                   seeds: Sequence[tuple[str, dict[str, Any], float | None]],
+                   ) -> list[tuple[str, dict[str, Any], float | None]]:
+    """A latency-preferring study's seeds: each heuristic's allocation (in ``family`` mode at
+    :data:`LATENCY_TEMPERATURES`, within ``alloc_temperature``) masked on the dense model with the first
+    strategy, compacted and timed against it; the fastest distinct ones replace the heuristic
+    seeds, as many as there were heuristics, fastest first. Stored as the study attribute
+    ``latency_candidates``. When the allocations cannot be made (a strategy that fails), the
+    heuristic seeds stay, with a warning."""
+    space, strategy = obj.space, obj.strategies[0]
+    lo, hi = space.alloc_temperature
+    if space.allocation == "family":  # those its trials can take (a fixed one: that one)
+        temperatures = sorted({min(max(t, lo), hi) for t in LATENCY_TEMPERATURES})
+    else:
+        temperatures = [1.0]
+    try:
+        scores = obj.scores_for(strategy, {})
+        candidates: dict[Any, tuple[str, float, dict[str, int]]] = {}
+        for h in obj.heuristics:
+            for tau in temperatures:
+                keep = obj.family_keep(h, tau, strategy, {}, plan, scores)
+                candidates.setdefault(tuple(sorted(keep.items())), (h, tau, keep))
+        x = _example(obj.splits, obj.device)
+        models = {}
+        for i, (h, tau, keep) in enumerate(candidates.values()):
+            recipe = Recipe(strategy=strategy, sparsity=plan.to_sparsity(keep), granularity=plan.granularity,
+                            data_seed=obj.seed, score={"num_batches": obj.num_batches, "seed": obj.seed})
+            masked = replay(obj.dense, recipe, obj.splits, device=obj.device, scores=scores, retrain=False).model
+            res = _compacted(masked, x)
+            models[str(i)] = masked if res.fallback else res.model
+    except SparsesearchError as exc:
+        log.warning("latency: the seed allocations were not timed, the heuristic seeds stay: %s", exc)
+        return list(seeds)
+    assert obj.latency is not None
+    ratios = latency_ratios(models, obj.dense, obj.latency.example(obj.splits.val), obj.latency)
+    timed = sorted(({"heuristic": h, "temperature": tau, "latency": round(ratios[str(i)], 4)}
+                    for i, (h, tau, _) in enumerate(candidates.values())), key=lambda c: c["latency"])
+    study.set_user_attr(record.LATENCY_CANDIDATES, timed)
+    n = len(obj.heuristics)
+    log.info("latency: %d seed allocations timed (batch %d); the fastest %s", len(timed), obj.latency.batch,
+             ", ".join(f"{c['heuristic']} at temperature {c['temperature']:g} ({c['latency']:.2f}x dense)"
+                       for c in timed[:n]))
+    values = space.seed_values()
+    return [(c["heuristic"], sv, c["temperature"] if space.allocation == "family" else None)
+            for c in timed[:n] for sv in values]
+
+
+def _enqueue_seeds(study: optuna.Study, obj: _Objective,
+                   seeds: Sequence[tuple[str, dict[str, Any], float | None]],
                    first: Any, plans: Mapping[str, BudgetPlan]) -> None:
-    """The heuristic seeds, first in the queue: in ``family`` mode each is ``alloc:heuristic``
-    at temperature 1, which is the heuristic's allocation exactly."""
+    """The heuristic seeds ``(heuristic, settings, temperature)``, first in the queue: in
+    ``family`` mode each is ``alloc:heuristic`` at its temperature (``None``: 1, which is the
+    heuristic's allocation exactly)."""
     space = obj.space
     plan = plans[first.granularity]
-    needs_scores = space.allocation == "layers" and any(h in ("global", "lamp") for h, _ in seeds)
+    needs_scores = space.allocation == "layers" and any(h in ("global", "lamp") for h, _, _ in seeds)
     scores = None
     if needs_scores:
         try:
@@ -1082,8 +1187,8 @@ def _enqueue_seeds(study: optuna.Study, obj: _Objective, seeds: Sequence[tuple[s
         except SparsesearchError as exc:  # the plugin's failure, named: the seeds that need
             # its scores are left out; its own trials fail like any trial would
             log.warning("the global/lamp seed trials are left out: %s", exc)
-            seeds = [(h, sv) for h, sv in seeds if h not in ("global", "lamp")]
-    for i, (h, sv) in enumerate(seeds):
+            seeds = [(h, sv, tau) for h, sv, tau in seeds if h not in ("global", "lamp")]
+    for i, (h, sv, tau) in enumerate(seeds):
         params = dict(sv)
         if obj.budget_range is not None:  # the seeds spread over the budgets, geometrically
             lo, hi = obj.budget_range
@@ -1102,7 +1207,7 @@ def _enqueue_seeds(study: optuna.Study, obj: _Objective, seeds: Sequence[tuple[s
                 params["alloc:heuristic"] = h
             lo, hi = space.alloc_temperature
             if space.allocation == "family" and lo < hi:
-                params["alloc:temperature"] = min(max(1.0, lo), hi)
+                params["alloc:temperature"] = min(max(1.0 if tau is None else tau, lo), hi)
         study.enqueue_trial(params, user_attrs={record.HEURISTIC: h, record.SEED_TRIAL: True},
                             skip_if_exists=False)
     study.set_user_attr(record.SEEDS_ENQUEUED, len(seeds))
@@ -1153,7 +1258,8 @@ def _enqueue_finals(study: optuna.Study, compute: ComputeBudget, run_dir: Path) 
     with FileLock(str(run_dir / ".finals.lock")):
         if not study.user_attrs.get(record.FINALS_ENQUEUED):
             trials = study.get_trials(deepcopy=False)
-            chosen = screen_ranking(trials)[: compute.finalists]
+            # (the fastest of those validation cannot tell apart first: a latency-preferring study)
+            chosen = screen_ranking(trials, int(study.user_attrs.get(record.VAL_SIZE, 0) or 0))[: compute.finalists]
             for t in chosen:
                 for scale in compute.final_lr_scales:
                     study.enqueue_trial(dict(t.params), user_attrs={

@@ -46,7 +46,7 @@ LAYERS: dict[str, int] = {
     # L2 training loop
     "train": 2,
     # L3 engine
-    "layers": 3, "score": 3, "masks": 3, "budget": 3, "macs": 3, "compact": 3, "prune": 3,
+    "layers": 3, "score": 3, "masks": 3, "budget": 3, "macs": 3, "compact": 3, "prune": 3, "latency": 3,
     # L4 replay
     "recipe": 4,
     # L5 study
