@@ -260,6 +260,9 @@ def run_search(dense: nn.Module, splits: Any, kind: str, fraction: float, seed: 
                 "trials": len(r.study.trials), "budget_reported": r.budget_params,
                 "params_reported": r.params, "compact_fallback": bool(small.fallback),
                 "heuristic": r.best_trial.params.get("alloc:heuristic"),
+                "temperature": r.best_trial.params.get("alloc:temperature"),
+                "latency_in_search": r.latency,  # -lat: the chosen model's, as the search timed it
+                "latency_candidates": r.study.user_attrs.get(record.LATENCY_CANDIDATES),
                 "lr": r.best_trial.params.get("lr"),
                 "sparsesearch_rev": _rev(),
                 # the finalist's training (the search's fine-tuning); the rest is setup + screening

@@ -17,7 +17,6 @@ import datetime
 import logging
 import math
 import os
-import statistics
 import warnings
 from pathlib import Path
 from typing import Any, Sequence

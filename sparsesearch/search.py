@@ -1120,7 +1120,7 @@ def _search(
 # the family's temperatures a latency-preferring study times, within alloc_temperature: from
 # uniform (0) to each heuristic (1), never sharper. Sharper allocations were the fastest and the
 # least accurate (resnet8 on digits at 15 % of its MACs, lamp at 1.5-2: 74.7-94.7 % test after the
-# search's own final training, against 96.1-98.6 % at 0-1; docs/benchmarks.md)
+# search's final regime, against 96.1-98.6 % at 0-1; docs/benchmarks.md, "Session 8")
 LATENCY_TEMPERATURES = (0.0, 0.5, 1.0)
 
 

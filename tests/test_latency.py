@@ -106,6 +106,13 @@ def test_a_latency_preferring_study_seeds_with_its_fastest_timed_allocations(tmp
         assert t.user_attrs[record.PARAMS] <= r.budget_params
     assert r.latency == r.best_trial.user_attrs[record.LATENCY]
     assert "latency" in r.summary() and "x dense (batch 8" in r.summary()
+    # the preference is part of the study's problem: resuming without it is refused, in one line
+    with pytest.raises(SparsesearchError, match=r"holds another problem \(latency: stored"):
+        sparsesearch.search(
+            "digits-cnn", "digits", 0.3, strategies=["l1-filter"], heuristics=heuristics,
+            storage=f"sqlite:///{tmp_path / 's.db'}", study_name="fast", runs_dir=tmp_path / "runs",
+            dense={"epochs": 3, "lr": 0.1, "optimizer": "sgd"}, space={"lr": 0.01, "epochs": 1},
+            compute={"epochs": 4, "final_share": 0.0})
 
 
 def test_latency_preference_is_refused_where_it_cannot_work(tmp_path):
