@@ -36,7 +36,8 @@ from sparsesearch import record
 from sparsesearch.errors import SparsesearchError, did_you_mean
 from sparsesearch.options import option
 
-__all__ = ["ComputeBudget", "auto_dense_epochs", "choose_final", "epochs_spent", "standard_error"]
+__all__ = ["ComputeBudget", "auto_dense_epochs", "choose_final", "close_to_best", "epochs_spent", "fastest",
+           "recorded_latency", "screen_ranking", "standard_error"]
 
 MIN_DENSE_STEPS = 300  # optimizer steps the automatic dense training takes at least
 DENSE_EPOCHS_MIN = 15
@@ -218,38 +219,60 @@ def standard_error(accuracy: float, n: int) -> float:
     return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / max(n, 1))
 
 
-def _latency(t: FrozenTrial) -> float:
+LATENCY_TOLERANCE = 0.05  # latencies within 5 % of the fastest are equally fast (timing noise)
+
+
+def recorded_latency(t: FrozenTrial) -> float:
     """The trial's recorded latency (× dense; a latency-preferring study), else infinity."""
     v = t.user_attrs.get(record.LATENCY)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else math.inf
+
+
+def _loss(t: FrozenTrial) -> float:
+    v = t.user_attrs.get(record.VAL_LOSS)
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else math.inf
 
 
+def close_to_best(trials: Sequence[FrozenTrial], val_size: int) -> list[FrozenTrial]:
+    """The trials validation cannot tell from the most accurate: within one standard error of
+    the highest validation accuracy (all of them at their accuracy: the most accurate only
+    when ``val_size`` is 0)."""
+    best = max(t.values[0] for t in trials)
+    floor = best - standard_error(best, val_size) if val_size else best
+    return [t for t in trials if t.values[0] >= floor]
+
+
+def fastest(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Those of ``trials`` within :data:`LATENCY_TOLERANCE` of the lowest recorded latency
+    (all of them when none is recorded: a study that does not prefer latency)."""
+    low = min(recorded_latency(t) for t in trials)
+    if not math.isfinite(low):
+        return list(trials)
+    return [t for t in trials if recorded_latency(t) <= low * (1 + LATENCY_TOLERANCE)]
+
+
 def choose_final(trials: Sequence[FrozenTrial], val_size: int) -> FrozenTrial | None:
-    """The final model among COMPLETE finalists: the highest validation accuracy; finalists
-    within one standard error of it are compared on their recorded latency (a
-    latency-preferring study: lower wins), then on validation loss (lower wins), then on
-    accuracy, then on trial number. ``None`` when no finalist completed."""
+    """The final model among COMPLETE finalists: the highest validation accuracy; of the
+    finalists within one standard error of it, in a latency-preferring study only the fastest
+    (recorded latency within :data:`LATENCY_TOLERANCE` of the lowest) stay; they are compared
+    on validation loss (lower wins), then on accuracy, then on trial number. ``None`` when no
+    finalist completed."""
     done = [t for t in trials if t.state == TrialState.COMPLETE
             and t.user_attrs.get(record.PHASE) == record.FINAL and t.values]
     if not done:
         return None
-    best = max(t.values[0] for t in done)
-    se = standard_error(best, val_size)
-    close = [t for t in done if t.values[0] >= best - se]
-    return min(close, key=lambda t: (_latency(t), t.user_attrs.get(record.VAL_LOSS, math.inf),
-                                     -t.values[0], t.number))
+    return min(fastest(close_to_best(done, val_size)), key=lambda t: (_loss(t), -t.values[0], t.number))
 
 
 def screen_ranking(trials: Sequence[FrozenTrial], val_size: int = 0) -> list[FrozenTrial]:
     """COMPLETE screening trials, best first (validation accuracy, then loss, then number).
-    With ``val_size``, the trials within one standard error of the best accuracy come first,
-    the fastest first (their recorded latency, a latency-preferring study; trials without one
-    keep the order above)."""
+    With ``val_size``, in a latency-preferring study, the fastest of the trials within one
+    standard error of the best accuracy (see :func:`fastest`) come first, in that order."""
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.values
             and t.user_attrs.get(record.PHASE, record.SCREEN) == record.SCREEN]
-    order = sorted(done, key=lambda t: (-t.values[0], t.user_attrs.get(record.VAL_LOSS, math.inf), t.number))
+    order = sorted(done, key=lambda t: (-t.values[0], _loss(t), t.number))
     if not order or not val_size:
         return order
-    floor = order[0].values[0] - standard_error(order[0].values[0], val_size)
-    close = [t for t in order if t.values[0] >= floor]
-    return sorted(close, key=_latency) + order[len(close):]  # a stable sort: ties keep the order
+    first = fastest(close_to_best(order, val_size))
+    taken = {t.number for t in first}
+    return first + [t for t in order if t.number not in taken]

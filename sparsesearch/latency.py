@@ -27,6 +27,7 @@ between machines (and runs); a resumed study keeps the seeds it was created with
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 from typing import Any, Mapping
 
@@ -75,9 +76,9 @@ class LatencySettings:
                                          or self.threads < 1):
             raise SparsesearchError(f"latency threads must be an int >= 1, got threads={self.threads!r}")
         if isinstance(self.min_run_time, bool) or not isinstance(self.min_run_time, (int, float)) \
-                or not self.min_run_time > 0:
+                or not (math.isfinite(self.min_run_time) and self.min_run_time > 0):
             raise SparsesearchError(
-                f"latency min_run_time must be a number > 0, got min_run_time={self.min_run_time!r}")
+                f"latency min_run_time must be a finite number > 0, got min_run_time={self.min_run_time!r}")
 
     @classmethod
     def from_mapping(cls, value: "LatencySettings | Mapping[str, Any] | bool | None") -> "LatencySettings | None":

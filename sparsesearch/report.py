@@ -398,7 +398,8 @@ def _compute_lines(study: optuna.Study, trials: Sequence[FrozenTrial], best: Fro
             se = standard_error(vals[0], val_size)
             out.append(f"- Final comparison: the finalists' validation accuracies are "
                        f"{', '.join(_pct(v) for v in vals)}; one standard error is {100 * se:.2f} "
-                       f"points, within which validation loss decides (lower wins).")
+                       f"points, within which validation loss decides (lower wins; a "
+                       f"latency-preferring study keeps the fastest first, within 5 %).")
     elif best is not None:
         out.append(f"- No finalist completed: the result is the best screening trial #{best.number}.")
     out.append("")

@@ -36,7 +36,9 @@ from sparsesearch.budget import HEURISTICS, BudgetPlan, count_params, plan_budge
 from sparsesearch.compact import compact
 from sparsesearch.data import as_splits
 from sparsesearch.errors import BudgetError, NoCompleteTrialError, SparsesearchError
-from sparsesearch.fidelity import ComputeBudget, auto_dense_epochs, choose_final, epochs_spent, screen_ranking
+from sparsesearch.fidelity import (
+    ComputeBudget, auto_dense_epochs, choose_final, close_to_best, epochs_spent, fastest, screen_ranking,
+)
 from sparsesearch.latency import LatencySettings, latency_ratios
 from sparsesearch.layers import find_layers
 from sparsesearch.macs import count_macs
@@ -301,6 +303,7 @@ class _Objective:
     score_key: Any = None
     score_cache: dict[Any, dict[str, torch.Tensor]] = dataclasses.field(default_factory=dict)
     latency: LatencySettings | None = None  # time each compacted model (a latency-preferring study)
+    latency_cache: dict[Any, float] = dataclasses.field(default_factory=dict)  # shape -> latency
     heuristic_cache: dict[Any, dict[str, int]] = dataclasses.field(default_factory=dict)
     models: dict[int, nn.Module] = dataclasses.field(default_factory=dict)
     best_value: float | None = None
@@ -549,11 +552,16 @@ class _Objective:
         return int(res.params_after), count_macs(res.model, x), self.latency_of(res.model)
 
     def latency_of(self, model: nn.Module) -> float | None:
-        """``model``'s latency over the dense model's (None unless the study prefers latency)."""
+        """``model``'s latency over the dense model's (None unless the study prefers latency),
+        timed once per shape in this process: two trials of one shape record one latency, so
+        their order is validation's, not the timing noise's."""
         if self.latency is None:
             return None
-        x = self.latency.example(self.splits.val)
-        return round(latency_ratios({"model": model}, self.dense, x, self.latency)["model"], 4)
+        shape = tuple((k, tuple(v.shape), int(v.count_nonzero())) for k, v in model.state_dict().items())
+        if shape not in self.latency_cache:
+            x = self.latency.example(self.splits.val)
+            self.latency_cache[shape] = round(latency_ratios({"model": model}, self.dense, x, self.latency)["model"], 4)
+        return self.latency_cache[shape]
 
     def scores_for(self, strategy: str, params: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         key = (strategy, json.dumps(params, sort_keys=True, default=str))
@@ -1046,7 +1054,19 @@ def _search(
         "latency": None if latency_settings is None else latency_settings.to_dict(),
     }
     budget_key = record.budget_key(budget_metric)
-    owner, existing = setup_owner(study, created, key=budget_key)  # attributes and seeds are written once
+    teacher = copy.deepcopy(dense_model).eval()
+    obj = _Objective(
+        strategies=strategies, plans=plans, space=space, compute=budget_compute,
+        heuristics=heuristics, seed=seed, dense=dense_model,
+        splits=splits, device=torch_device, teacher=teacher, num_batches=num_batches,
+        multi_objective=objective == "pareto", strategy_overrides=overrides, budget_range=budget_range,
+        score_dir=run_dir if isinstance(data, str) else None,
+        score_key=(data_key, _state_fingerprint(dense_model)), latency=latency_settings,
+    )
+    # attributes and seeds are written once. A latency-preferring owner times its seeds before it
+    # writes the attributes, so the others wait for them longer (and never train before the seeds)
+    owner, existing = setup_owner(study, created, key=budget_key,
+                                  timeout=10.0 if latency_settings is None else LATENCY_SETUP_WAIT)
     if budget_key in existing and existing[budget_key] != budget_params:
         raise SparsesearchError(
             f"study {study_name!r} was created with {budget_key}={existing[budget_key]}, "
@@ -1065,20 +1085,13 @@ def _search(
             setup[record.TOTAL_MACS] = int(next(iter(plans.values())).total_params)
         if budget_range is not None:
             setup[record.BUDGET_RANGE] = list(budget_range)
+        if latency_settings is not None:  # the fastest budget-filling allocations seed the study
+            seeds, timed = _fastest_seeds(obj, plans[infos[0].strategy.granularity], seeds)
+            if timed is not None:
+                setup[record.LATENCY_CANDIDATES] = timed
         record.study_attrs(study, setup)  # one write: a worker that sees the budget sees all
 
-    teacher = copy.deepcopy(dense_model).eval()
-    obj = _Objective(
-        strategies=strategies, plans=plans, space=space, compute=budget_compute,
-        heuristics=heuristics, seed=seed, dense=dense_model,
-        splits=splits, device=torch_device, teacher=teacher, num_batches=num_batches,
-        multi_objective=objective == "pareto", strategy_overrides=overrides, budget_range=budget_range,
-        score_dir=run_dir if isinstance(data, str) else None,
-        score_key=(data_key, _state_fingerprint(dense_model)), latency=latency_settings,
-    )
     if owner:
-        if latency_settings is not None:  # the fastest budget-filling allocations seed the study
-            seeds = _fastest_seeds(study, obj, plans[infos[0].strategy.granularity], seeds)
         _enqueue_seeds(study, obj, seeds, infos[0].strategy, plans)
     elif not study.user_attrs.get(record.FINALS_ENQUEUED):
         with FileLock(str(run_dir / ".finals.lock")):  # a seed Ctrl-C or SIGTERM stopped: again
@@ -1122,17 +1135,17 @@ def _search(
 # least accurate (resnet8 on digits at 15 % of its MACs, lamp at 1.5-2: 74.7-94.7 % test after the
 # search's final regime, against 96.1-98.6 % at 0-1; docs/benchmarks.md, "Session 8")
 LATENCY_TEMPERATURES = (0.0, 0.5, 1.0)
+LATENCY_SETUP_WAIT = 120.0  # seconds another worker waits for a latency-preferring owner's set-up
 
 
-def _fastest_seeds(study: optuna.Study, obj: _Objective, plan: BudgetPlan,
-                   seeds: Sequence[tuple[str, dict[str, Any], float | None]],
-                   ) -> list[tuple[str, dict[str, Any], float | None]]:
+def _fastest_seeds(obj: _Objective, plan: BudgetPlan, seeds: Sequence[tuple[str, dict[str, Any], float | None]],
+                   ) -> tuple[list[tuple[str, dict[str, Any], float | None]], list[dict[str, Any]] | None]:
     """A latency-preferring study's seeds: each heuristic's allocation (in ``family`` mode at
     :data:`LATENCY_TEMPERATURES`, within ``alloc_temperature``) masked on the dense model with the first
     strategy, compacted and timed against it; the fastest distinct ones replace the heuristic
-    seeds, as many as there were heuristics, fastest first. Stored as the study attribute
-    ``latency_candidates``. When the allocations cannot be made (a strategy that fails), the
-    heuristic seeds stay, with a warning."""
+    seeds, as many as there were heuristics, fastest first; and the timings (the study
+    attribute ``latency_candidates``). When the allocations cannot be made (a strategy that
+    fails), the heuristic seeds stay, with a warning, and the timings are ``None``."""
     space, strategy = obj.space, obj.strategies[0]
     lo, hi = space.alloc_temperature
     if space.allocation == "family":  # those its trials can take (a fixed one: that one)
@@ -1156,19 +1169,20 @@ def _fastest_seeds(study: optuna.Study, obj: _Objective, plan: BudgetPlan,
             models[str(i)] = masked if res.fallback else res.model
     except SparsesearchError as exc:
         log.warning("latency: the seed allocations were not timed, the heuristic seeds stay: %s", exc)
-        return list(seeds)
+        return list(seeds), None
     assert obj.latency is not None
+    log.info("latency: timing %d seed allocations on this machine (batch %d, %d rounds)", len(models),
+             obj.latency.batch, obj.latency.rounds)
     ratios = latency_ratios(models, obj.dense, obj.latency.example(obj.splits.val), obj.latency)
     timed = sorted(({"heuristic": h, "temperature": tau, "latency": round(ratios[str(i)], 4)}
                     for i, (h, tau, _) in enumerate(candidates.values())), key=lambda c: c["latency"])
-    study.set_user_attr(record.LATENCY_CANDIDATES, timed)
     n = len(obj.heuristics)
     log.info("latency: %d seed allocations timed (batch %d); the fastest %s", len(timed), obj.latency.batch,
              ", ".join(f"{c['heuristic']} at temperature {c['temperature']:g} ({c['latency']:.2f}x dense)"
                        for c in timed[:n]))
     values = space.seed_values()
     return [(c["heuristic"], sv, c["temperature"] if space.allocation == "family" else None)
-            for c in timed[:n] for sv in values]
+            for c in timed[:n] for sv in values], timed
 
 
 def _enqueue_seeds(study: optuna.Study, obj: _Objective,
@@ -1291,16 +1305,21 @@ def _observe_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     """The study's chosen trial: the final model among the finalists (see
     :func:`sparsesearch.fidelity.choose_final`) once they ran; otherwise the best COMPLETE
-    trial (highest validation accuracy, then fewest params, then lowest number). For pareto
-    studies, the most accurate point of the front."""
+    trial (highest validation accuracy, then fewest params, then lowest number; in a
+    latency-preferring study, of the trials within one standard error of the best accuracy,
+    the fastest: :func:`sparsesearch.fidelity.fastest`). For pareto studies, the most accurate
+    point of the front."""
     trials = study.get_trials(deepcopy=False)
-    final = choose_final(trials, int(study.user_attrs.get(record.VAL_SIZE, 0) or 0))
+    val_size = int(study.user_attrs.get(record.VAL_SIZE, 0) or 0)
+    final = choose_final(trials, val_size)
     if final is not None:
         return final
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise _no_complete_trial(study.study_name, trials)
-    return max(complete, key=lambda t: (t.values[0], -t.user_attrs.get(record.PARAMS, 0), -t.number))
+    # (without recorded latencies: every trial close to the best, so the most accurate)
+    return max(fastest(close_to_best(complete, val_size)),
+               key=lambda t: (t.values[0], -t.user_attrs.get(record.PARAMS, 0), -t.number))
 
 
 def _no_complete_trial(name: str, trials: Sequence[optuna.trial.FrozenTrial]) -> NoCompleteTrialError:

@@ -13,7 +13,7 @@ import torch
 import sparsesearch
 from sparsesearch import LatencySettings, record
 from sparsesearch.errors import SparsesearchError
-from sparsesearch.fidelity import choose_final, screen_ranking
+from sparsesearch.fidelity import choose_final, close_to_best, fastest, screen_ranking
 from sparsesearch.latency import latency_ratios
 
 FAST = {"rounds": 1, "min_run_time": 0.001, "batch": 8}  # timing is not what these tests measure
@@ -68,6 +68,26 @@ def test_of_finalists_within_validation_noise_the_faster_is_chosen():
     # without recorded latencies (a study that does not prefer latency): validation loss decides
     plain = [_trial(0, 0.955, loss=0.1), _trial(1, 0.950, loss=0.3)]
     assert choose_final(plain, 400) is plain[0]
+    # latencies within 5 % of the fastest are the timing's noise: validation loss decides
+    near = [_trial(0, 0.955, latency=0.62, loss=0.1), _trial(1, 0.950, latency=0.60, loss=0.3)]
+    assert choose_final(near, 400) is near[0]
+    assert choose_final([*near, _trial(2, 0.951, latency=0.66, loss=0.01)], 400) is near[0]
+
+
+def test_a_study_without_finalists_keeps_the_faster_of_close_trials(tmp_path):
+    from sparsesearch.search import best_trial
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(record.VAL_SIZE, 400)
+    for val, lat in ((0.955, 0.9), (0.950, 0.5), (0.90, 0.1)):
+        study.add_trial(optuna.trial.create_trial(value=val, user_attrs={
+            record.PHASE: record.SCREEN, record.LATENCY: lat, record.VAL_LOSS: 0.2, record.PARAMS: 10}))
+    assert best_trial(study).number == 1  # 0.90 is well below: not close, however fast
+    plain = optuna.create_study(direction="maximize")
+    plain.set_user_attr(record.VAL_SIZE, 400)
+    for val in (0.950, 0.955):
+        plain.add_trial(optuna.trial.create_trial(value=val, user_attrs={record.PARAMS: 10}))
+    assert best_trial(plain).number == 1  # no latency recorded: the most accurate, as before
 
 
 def test_the_screening_ranking_puts_the_fastest_of_the_close_trials_first():
@@ -91,9 +111,10 @@ def test_a_latency_preferring_study_seeds_with_its_fastest_timed_allocations(tmp
     timed = r.study.user_attrs[record.LATENCY_CANDIDATES]
     lats = [c["latency"] for c in timed]
     assert lats == sorted(lats) and all(v > 0 and math.isfinite(v) for v in lats)
-    # each heuristic at the family's temperatures; the same allocation is timed once
+    # each heuristic at the family's temperatures 0, 0.5 and 1 (the same allocation timed once)
+    assert {c["temperature"] for c in timed} <= {0.0, 0.5, 1.0}
     assert {c["heuristic"] for c in timed} <= set(heuristics) and len(timed) >= 2
-    assert len({(c["heuristic"], c["temperature"]) for c in timed}) == len(timed)
+    assert r.study.user_attrs[record.SEEDS_ENQUEUED] == min(len(heuristics), len(timed))
     seeds = [t for t in r.study.trials if t.user_attrs.get(record.SEED_TRIAL)]
     assert len(seeds) == min(len(heuristics), len(timed))
     for t, c in zip(sorted(seeds, key=lambda t: t.number), timed):  # fastest first
@@ -105,6 +126,10 @@ def test_a_latency_preferring_study_seeds_with_its_fastest_timed_allocations(tmp
         assert 0 < t.user_attrs[record.LATENCY] and math.isfinite(t.user_attrs[record.LATENCY])
         assert t.user_attrs[record.PARAMS] <= r.budget_params
     assert r.latency == r.best_trial.user_attrs[record.LATENCY]
+    # screening only (no finalist): the chosen trial is the fastest of those validation cannot
+    # tell from the best
+    chosen = fastest(close_to_best(trained, r.study.user_attrs[record.VAL_SIZE]))
+    assert r.best_trial.number in {t.number for t in chosen}
     assert "latency" in r.summary() and "x dense (batch 8" in r.summary()
     # the preference is part of the study's problem: resuming without it is refused, in one line
     with pytest.raises(SparsesearchError, match=r"holds another problem \(latency: stored"):
