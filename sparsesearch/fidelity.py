@@ -266,13 +266,14 @@ def choose_final(trials: Sequence[FrozenTrial], val_size: int) -> FrozenTrial | 
 
 def screen_ranking(trials: Sequence[FrozenTrial], val_size: int = 0) -> list[FrozenTrial]:
     """COMPLETE screening trials, best first (validation accuracy, then loss, then number).
-    With ``val_size``, in a latency-preferring study, the fastest of the trials within one
-    standard error of the best accuracy (see :func:`fastest`) come first, in that order."""
+    In a latency-preferring study the fastest of the trials within one standard error of the
+    best accuracy (``val_size`` samples; 0: those at the best accuracy; see :func:`fastest`)
+    come first, in that order."""
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.values
             and t.user_attrs.get(record.PHASE, record.SCREEN) == record.SCREEN]
     order = sorted(done, key=lambda t: (-t.values[0], _loss(t), t.number))
-    if not order or not val_size:
+    if not order:
         return order
-    first = fastest(close_to_best(order, val_size))
+    first = fastest(close_to_best(order, val_size))  # without latencies: the top of ``order``
     taken = {t.number for t in first}
     return first + [t for t in order if t.number not in taken]

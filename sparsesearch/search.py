@@ -304,6 +304,7 @@ class _Objective:
     score_cache: dict[Any, dict[str, torch.Tensor]] = dataclasses.field(default_factory=dict)
     latency: LatencySettings | None = None  # time each compacted model (a latency-preferring study)
     latency_cache: dict[Any, float] = dataclasses.field(default_factory=dict)  # shape -> latency
+    latency_x: torch.Tensor | None = None  # the timed batch (latency_input)
     heuristic_cache: dict[Any, dict[str, int]] = dataclasses.field(default_factory=dict)
     models: dict[int, nn.Module] = dataclasses.field(default_factory=dict)
     best_value: float | None = None
@@ -559,9 +560,16 @@ class _Objective:
             return None
         shape = tuple((k, tuple(v.shape), int(v.count_nonzero())) for k, v in model.state_dict().items())
         if shape not in self.latency_cache:
-            x = self.latency.example(self.splits.val)
-            self.latency_cache[shape] = round(latency_ratios({"model": model}, self.dense, x, self.latency)["model"], 4)
+            ratio = latency_ratios({"model": model}, self.dense, self.latency_input(), self.latency)["model"]
+            self.latency_cache[shape] = round(ratio, 4)
         return self.latency_cache[shape]
+
+    def latency_input(self) -> torch.Tensor:
+        """The timed batch (``latency.batch`` validation inputs), built once per study."""
+        assert self.latency is not None
+        if self.latency_x is None:
+            self.latency_x = self.latency.example(self.splits.val)
+        return self.latency_x
 
     def scores_for(self, strategy: str, params: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         key = (strategy, json.dumps(params, sort_keys=True, default=str))
@@ -1173,7 +1181,7 @@ def _fastest_seeds(obj: _Objective, plan: BudgetPlan, seeds: Sequence[tuple[str,
     assert obj.latency is not None
     log.info("latency: timing %d seed allocations on this machine (batch %d, %d rounds)", len(models),
              obj.latency.batch, obj.latency.rounds)
-    ratios = latency_ratios(models, obj.dense, obj.latency.example(obj.splits.val), obj.latency)
+    ratios = latency_ratios(models, obj.dense, obj.latency_input(), obj.latency)
     timed = sorted(({"heuristic": h, "temperature": tau, "latency": round(ratios[str(i)], 4)}
                     for i, (h, tau, _) in enumerate(candidates.values())), key=lambda c: c["latency"])
     n = len(obj.heuristics)

@@ -51,8 +51,8 @@ def test_ratios_are_against_the_dense_model_and_leave_the_models_as_they_were():
     small = torch.nn.Sequential(torch.nn.Linear(64, 4), torch.nn.ReLU(), torch.nn.Linear(4, 10)).train()
     x = torch.randn(256, 64)
     threads = torch.get_num_threads()
-    r = latency_ratios({"small": small}, dense, x, LatencySettings(rounds=3))
-    assert set(r) == {"small"} and 0 < r["small"] < 1  # 64·512 against 64·4 multiply-adds
+    r = latency_ratios({"small": small}, dense, x, LatencySettings(rounds=2))
+    assert set(r) == {"small"} and 0 < r["small"] and math.isfinite(r["small"])  # (no timing asserted)
     assert dense.training and small.training  # put back into training mode
     assert torch.get_num_threads() == threads
     with pytest.raises(ValueError, match="'dense' is the reference's name"):
@@ -95,7 +95,7 @@ def test_the_screening_ranking_puts_the_fastest_of_the_close_trials_first():
     a, b = _trial(0, 0.96, phase=s, latency=0.9), _trial(1, 0.955, phase=s, latency=0.5)
     c, d = _trial(2, 0.90, phase=s, latency=0.1), _trial(3, 0.92, phase=s, latency=0.2)
     assert screen_ranking([a, b, c, d], 400) == [b, a, d, c]  # c, d: well below, by accuracy
-    assert screen_ranking([a, b, c, d]) == [a, b, d, c]  # no validation size: accuracy only
+    assert screen_ranking([a, b, c, d]) == [a, b, d, c]  # no validation size: only exact ties are close
     plain = [_trial(0, 0.955, phase=s), _trial(1, 0.96, phase=s)]
     assert screen_ranking(plain, 400) == [plain[1], plain[0]]
 
@@ -125,12 +125,11 @@ def test_a_latency_preferring_study_seeds_with_its_fastest_timed_allocations(tmp
         # allocations are the plan's, whose filling tests/test_groups.py asserts)
         assert 0 < t.user_attrs[record.LATENCY] and math.isfinite(t.user_attrs[record.LATENCY])
         assert t.user_attrs[record.PARAMS] <= r.budget_params
-    assert r.latency == r.best_trial.user_attrs[record.LATENCY]
     # screening only (no finalist): the chosen trial is the fastest of those validation cannot
     # tell from the best
     chosen = fastest(close_to_best(trained, r.study.user_attrs[record.VAL_SIZE]))
     assert r.best_trial.number in {t.number for t in chosen}
-    assert "latency" in r.summary() and "x dense (batch 8" in r.summary()
+    assert f"latency {r.latency:.2f}x dense (batch 8, measured)" in r.summary()
     # the preference is part of the study's problem: resuming without it is refused, in one line
     with pytest.raises(SparsesearchError, match=r"holds another problem \(latency: stored"):
         sparsesearch.search(
